@@ -169,7 +169,7 @@ class ReverseSDE(SDE):
         return self.forward.sigma_to_t(sigma)
 
 
-class _VariancePreserving(SDE):
+class VariancePreserving(SDE):
     """dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw, with s(t) = exp(log_mean_coeff(t)),
     sigma(t)^2 = 1 - s(t)^2, prior N(0, I), and DDPM's discrete chain
 
@@ -218,7 +218,7 @@ class _VariancePreserving(SDE):
         return np.cumprod(1.0 - self.discrete_betas)
 
 
-class VPSDE(_VariancePreserving):
+class VPSDE(VariancePreserving):
     """Variance-preserving SDE with linear beta(t) = beta_min + t (beta_max - beta_min), T = 1.
 
     log s(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2. Discretized with DDPM's
@@ -254,7 +254,7 @@ class VPSDE(_VariancePreserving):
         return (-0.5 * self.beta_0 + jnp.sqrt(0.25 * self.beta_0**2 - db * log_s)) / (0.5 * db)
 
 
-class CosineVPSDE(_VariancePreserving):
+class CosineVPSDE(VariancePreserving):
     """VP SDE with the cosine schedule of Nichol & Dhariwal (2021).
 
     alpha-bar(t) = cos^2(u(t)) / cos^2(u(0)), u(t) = (t + s)/(1 + s) pi/2, so that

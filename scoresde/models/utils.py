@@ -1,0 +1,121 @@
+"""The model registry, and the bridge from a network to the toolkit's `score_fn(x, t)`.
+
+Every score network is a Flax linen module called as
+
+    model.apply({"params": params}, x, labels, train=train, rngs={"dropout": key})
+
+with x `(B, ...)` and per-example noise labels `(B,)`, and returns an array shaped like x.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scoresde import sde_lib
+from scoresde.sde_lib import batch_broadcast
+
+_MODELS: dict[str, type[nn.Module]] = {}
+
+PARAMETERIZATIONS = ("score", "eps", "x0", "v")
+
+
+def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a network constructible by name through `get_model`."""
+
+    def register(cls):
+        if name in _MODELS:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        _MODELS[name] = cls
+        return cls
+
+    return register
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Construct a registered network by name with the given hyperparameters."""
+    if name not in _MODELS:
+        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(model_names())}.")
+    return _MODELS[name](**kwargs)
+
+
+def default_parameterization(sde: sde_lib.SDE) -> str:
+    """The reference's choice: VP-type networks predict the noise, VE networks the score."""
+    return "score" if isinstance(sde, sde_lib.VESDE) else "eps"
+
+
+def noise_labels(sde: sde_lib.SDE, t: jax.Array, continuous: bool = True) -> jax.Array:
+    """The conditioning labels the reference feeds the network at times t `(B,)`.
+
+    VP-type: t * 999 (continuous) or the discrete step index t (N - 1) (a float).
+    VE: sigma(t) (continuous) or the SMLD ladder index round((T - t)(N - 1)).
+    """
+    if isinstance(sde, sde_lib.VESDE):
+        if continuous:
+            return sde.marginal_coeffs(t)[1]
+        return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+    if continuous or not isinstance(sde, sde_lib.VariancePreserving):
+        return t * 999
+    return t * (sde.N - 1)
+
+
+def output_to_score(output, x, scale, std, parameterization: str):
+    """Convert a network output into the score, for x = scale x0 + std eps.
+
+    score: output; eps: -eps/std; x0: (scale x0 - x)/std^2;
+    v = scale eps - std x0: eps = (std x + scale v)/(scale^2 + std^2), score = -eps/std.
+    """
+    scale, std = batch_broadcast(scale, x), batch_broadcast(std, x)
+    if parameterization == "score":
+        return output
+    if parameterization == "eps":
+        return -output / std
+    if parameterization == "x0":
+        return (scale * output - x) / std**2
+    if parameterization == "v":
+        return -(std * x + scale * output) / ((scale**2 + std**2) * std)
+    raise ValueError(f"Unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}.")
+
+
+def get_score_fn(
+    sde: sde_lib.SDE,
+    model: nn.Module,
+    params,
+    train: bool = False,
+    continuous: bool = True,
+    parameterization: str | None = None,
+    dropout_rng: jax.Array | None = None,
+):
+    """Turn a network into `score_fn(x, t) -> (B, ...)`, exactly as the reference does.
+
+    VP and sub-VP (eps networks): score = -output / std, with std the continuous
+    marginal std (continuous training, and always for sub-VP) or DDPM's
+    sqrt(1 - alpha-bar_i) at the discrete index. VE (score networks): the output is the
+    score; the network itself divides by sigma when `scale_by_sigma` is on.
+    `parameterization` overrides the reference's choice (see `output_to_score`).
+    """
+    parameterization = parameterization or default_parameterization(sde)
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"Unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}.")
+    discrete_vp = not continuous and isinstance(sde, sde_lib.VariancePreserving)
+    if discrete_vp:
+        sqrt_1m_alphas_cumprod = np.sqrt(1.0 - sde.alphas_cumprod)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+
+    def score_fn(x, t):
+        labels = noise_labels(sde, t, continuous)
+        output = model.apply({"params": params}, x, labels, train=train, rngs=rngs)
+        scale, std = sde.marginal_coeffs(jnp.asarray(t, x.dtype))
+        if discrete_vp:
+            std = jnp.asarray(sqrt_1m_alphas_cumprod, x.dtype)[labels.astype(jnp.int32)]
+        return output_to_score(output, x, scale, std, parameterization)
+
+    return score_fn
