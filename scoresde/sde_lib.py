@@ -14,6 +14,7 @@ float32 by default and float64 when x64 is enabled.
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from typing import Callable
 
@@ -46,6 +47,25 @@ class SDE(abc.ABC):
     def __init__(self, N: int):
         _check_steps(N)
         self.N = int(N)
+
+    # SDEs compare and hash by value, so jit caches compiled samplers per SDE setting.
+    def _fields(self):
+        return (type(self), tuple(sorted((k, v) for k, v in vars(self).items())))
+
+    def __eq__(self, other):
+        return isinstance(other, SDE) and self._fields() == other._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def with_steps(self, N: int | None) -> "SDE":
+        """A copy with N discretization steps (the same SDE if N is None or unchanged)."""
+        if N is None or N == self.N:
+            return self
+        _check_steps(N)
+        new = copy.copy(self)
+        new.N = int(N)
+        return new
 
     @property
     @abc.abstractmethod
