@@ -1,11 +1,25 @@
-"""Score networks (Flax linen), their registry, and `get_score_fn`."""
+"""Score networks (Flax linen), their registry, and `get_score_fn`.
+
+Importing this package registers the networks: ddpm, ncsnpp, ddpmpp (NCSN++ with
+DDPM++ defaults) and mlp.
+"""
 
 from scoresde.models.utils import (
     PARAMETERIZATIONS,
+    count_params,
     get_model,
     get_score_fn,
+    get_sigmas,
+    model_fields,
+    model_kwargs,
     model_names,
     noise_labels,
     output_to_score,
+    param_shapes,
     register_model,
 )
+
+from scoresde.models import ddpm, mlp, ncsnpp  # noqa: E402,F401  (registers the networks)
+from scoresde.models.ddpm import DDPM  # noqa: E402
+from scoresde.models.mlp import MLP  # noqa: E402
+from scoresde.models.ncsnpp import DDPMpp, NCSNpp  # noqa: E402

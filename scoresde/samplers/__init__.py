@@ -3,3 +3,5 @@
 from scoresde.samplers.ode import METHODS as ODE_METHODS
 from scoresde.samplers.ode import ODESolveError, ode_encode, ode_sample, solve_ode
 from scoresde.samplers.pc import CORRECTORS, PREDICTORS, pc_sample
+from scoresde.samplers.fast import ddim_sample, dpm_solver_sample, edm_sample
+from scoresde.samplers.registry import SAMPLERS, num_steps_for_nfe, sample, sampler_options

@@ -1,0 +1,196 @@
+"""Training objectives of Song et al. (2021), exactly as the reference `losses.py`.
+
+Every builder returns `loss_fn(params, key, batch) -> scalar`, a pure function of
+the network parameters, a PRNG key and a batch (an array `(B, ...)` or a dict with
+an "image" entry). It is jit-, grad- and shard-friendly: under `jax.jit` with the
+batch split over devices, the mean over the batch is the global mean.
+
+Randomness: `key` is split into three, `k_t, k_z, k_dropout = jax.random.split(key, 3)`;
+`k_t` draws the times (or discrete noise levels), `k_z` the Gaussian noise, and
+`k_dropout` is the network's dropout key when `train=True`.
+
+- `get_sde_loss_fn`: continuous-time denoising score matching, t ~ U(eps, T),
+  x(t) = s(t) x + sigma(t) z, and per example
+      without likelihood weighting: || score * sigma + z ||^2,
+      with likelihood weighting:    || score + z / sigma ||^2 * g(t)^2,
+  where ||.||^2 is the mean over the non-batch dimensions (`reduce_mean=True`) or
+  half the sum (`reduce_mean=False`), then averaged over the batch.
+- `get_smld_loss_fn`: NCSN's discrete loss for the VE SDE: level i ~ U{0..N-1} on the
+  descending sigma ladder, || score - (-noise / sigma_i^2) ||^2 * sigma_i^2.
+- `get_ddpm_loss_fn`: DDPM's loss for VP SDEs: index i ~ U{0..N-1},
+  x_i = sqrt(abar_i) x + sqrt(1 - abar_i) noise, || output - noise ||^2.
+- `get_loss_fn`: the reference's choice between them (`training.continuous`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scoresde import sde_lib
+from scoresde.models.utils import get_score_fn
+from scoresde.sde_lib import batch_broadcast
+
+LossFn = Callable[[object, jax.Array, object], jax.Array]
+
+
+def batch_images(batch) -> jax.Array:
+    """The data array of a batch: the batch itself, or its "image" entry."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    return batch
+
+
+def _reduce_op(reduce_mean: bool):
+    """Per-example reduction over flattened dims: mean, or half the sum (the reference)."""
+    if reduce_mean:
+        return lambda x: jnp.mean(x, axis=-1)
+    return lambda x: 0.5 * jnp.sum(x, axis=-1)
+
+
+def _flat(x):
+    return x.reshape((x.shape[0], -1))
+
+
+def get_sde_loss_fn(
+    sde: sde_lib.SDE,
+    model: nn.Module,
+    train: bool,
+    reduce_mean: bool = True,
+    continuous: bool = True,
+    likelihood_weighting: bool = True,
+    eps: float = 1e-5,
+    parameterization: str | None = None,
+) -> LossFn:
+    """Continuous-time denoising score matching (the reference's `get_sde_loss_fn`).
+
+    Args:
+      sde: the forward SDE.
+      model: a Flax module `model.apply({"params": p}, x, labels, train=..., rngs=...)`.
+      train: training loss (dropout on) or evaluation loss.
+      reduce_mean: average over data dimensions; otherwise half their sum.
+      continuous: whether the network takes continuous time labels (see `get_score_fn`).
+      likelihood_weighting: weight by g(t)^2 (Song et al. 2021, "maximum likelihood
+        training"); otherwise lambda(t) = sigma(t)^2.
+      eps: smallest time sampled.
+      parameterization: what the network outputs (default: the reference's choice).
+    """
+    reduce_op = _reduce_op(reduce_mean)
+
+    def loss_fn(params, key, batch):
+        data = batch_images(batch)
+        k_t, k_z, k_dropout = jax.random.split(key, 3)
+        t = jax.random.uniform(k_t, (data.shape[0],), data.dtype, minval=eps, maxval=sde.T)
+        z = jax.random.normal(k_z, data.shape, data.dtype)
+        mean, std = sde.marginal_prob(data, t)
+        perturbed = mean + batch_broadcast(std, data) * z
+        score_fn = get_score_fn(
+            sde,
+            model,
+            params,
+            train=train,
+            continuous=continuous,
+            parameterization=parameterization,
+            dropout_rng=k_dropout if train else None,
+        )
+        score = score_fn(perturbed, t)
+        if not likelihood_weighting:
+            losses = reduce_op(_flat(jnp.square(score * batch_broadcast(std, score) + z)))
+        else:
+            g2 = sde.sde(jnp.zeros_like(data), t)[1] ** 2
+            losses = reduce_op(_flat(jnp.square(score + z / batch_broadcast(std, z)))) * g2
+        return jnp.mean(losses)
+
+    return loss_fn
+
+
+def get_smld_loss_fn(vesde: sde_lib.VESDE, model: nn.Module, train: bool, reduce_mean: bool = False) -> LossFn:
+    """NCSN's discrete noise-conditional loss (the reference's `get_smld_loss_fn`).
+
+    Labels are indices into the *descending* sigma ladder (label 0 = sigma_max), as
+    the reference's SMLD networks expect; they are passed to the network as int32.
+    """
+    if not isinstance(vesde, sde_lib.VESDE):
+        raise ValueError(f"SMLD training only works for VESDEs, got {type(vesde).__name__}.")
+    smld_sigmas = np.asarray(vesde.discrete_sigmas[::-1])
+    reduce_op = _reduce_op(reduce_mean)
+
+    def loss_fn(params, key, batch):
+        data = batch_images(batch)
+        k_t, k_z, k_dropout = jax.random.split(key, 3)
+        labels = jax.random.choice(k_t, vesde.N, shape=(data.shape[0],))
+        sigmas = jnp.asarray(smld_sigmas, data.dtype)[labels]
+        noise = jax.random.normal(k_z, data.shape, data.dtype) * batch_broadcast(sigmas, data)
+        perturbed = data + noise
+        rngs = {"dropout": k_dropout} if train else {}
+        score = model.apply({"params": params}, perturbed, labels.astype(jnp.int32), train=train, rngs=rngs)
+        target = -noise / batch_broadcast(sigmas**2, noise)
+        losses = reduce_op(_flat(jnp.square(score - target))) * sigmas**2
+        return jnp.mean(losses)
+
+    return loss_fn
+
+
+def get_ddpm_loss_fn(vpsde: sde_lib.VariancePreserving, model: nn.Module, train: bool, reduce_mean: bool = True) -> LossFn:
+    """DDPM's noise-prediction loss (the reference's `get_ddpm_loss_fn`).
+
+    Labels are the int32 step indices i in {0, ..., N-1}; the network predicts the noise.
+    """
+    if not isinstance(vpsde, sde_lib.VariancePreserving):
+        raise ValueError(f"DDPM training only works for VP SDEs, got {type(vpsde).__name__}.")
+    abar = vpsde.alphas_cumprod
+    sqrt_abar, sqrt_1m_abar = np.sqrt(abar), np.sqrt(1.0 - abar)
+    reduce_op = _reduce_op(reduce_mean)
+
+    def loss_fn(params, key, batch):
+        data = batch_images(batch)
+        k_t, k_z, k_dropout = jax.random.split(key, 3)
+        labels = jax.random.choice(k_t, vpsde.N, shape=(data.shape[0],))
+        noise = jax.random.normal(k_z, data.shape, data.dtype)
+        a = jnp.asarray(sqrt_abar, data.dtype)[labels]
+        b = jnp.asarray(sqrt_1m_abar, data.dtype)[labels]
+        perturbed = batch_broadcast(a, data) * data + batch_broadcast(b, data) * noise
+        rngs = {"dropout": k_dropout} if train else {}
+        output = model.apply({"params": params}, perturbed, labels.astype(jnp.int32), train=train, rngs=rngs)
+        losses = reduce_op(_flat(jnp.square(output - noise)))
+        return jnp.mean(losses)
+
+    return loss_fn
+
+
+def get_loss_fn(
+    sde: sde_lib.SDE,
+    model: nn.Module,
+    train: bool,
+    reduce_mean: bool = False,
+    continuous: bool = True,
+    likelihood_weighting: bool = False,
+    eps: float = 1e-5,
+    parameterization: str | None = None,
+) -> LossFn:
+    """The reference's choice (`get_step_fn`): the SDE loss if `continuous`, else SMLD
+    for VE and DDPM for VP SDEs. Defaults are the reference config's
+    (`training.reduce_mean=False`, `continuous=True`, `likelihood_weighting=False`).
+    """
+    if continuous:
+        return get_sde_loss_fn(
+            sde,
+            model,
+            train,
+            reduce_mean=reduce_mean,
+            continuous=True,
+            likelihood_weighting=likelihood_weighting,
+            eps=eps,
+            parameterization=parameterization,
+        )
+    if likelihood_weighting:
+        raise ValueError("Likelihood weighting is not supported for the discrete SMLD/DDPM losses.")
+    if isinstance(sde, sde_lib.VESDE):
+        return get_smld_loss_fn(sde, model, train, reduce_mean=reduce_mean)
+    if isinstance(sde, sde_lib.VariancePreserving):
+        return get_ddpm_loss_fn(sde, model, train, reduce_mean=reduce_mean)
+    raise ValueError(f"Discrete training for {type(sde).__name__} is not supported; use continuous=True.")

@@ -1,0 +1,340 @@
+"""Layers shared by the DDPM and NCSN++ / DDPM++ score networks.
+
+Ported from score_sde's `models/layers.py` (the DDPM part, itself from
+hojonathanho/diffusion's `diffusion_tf/nn.py`), `models/layerspp.py` and
+`models/normalization.py`, with the same initializations, so parameter counts and
+initial behaviour match the reference. Module class names are the reference's, so
+parameter trees carry the reference's names (`ResnetBlockBigGANpp_0/Conv_0/kernel`, ...).
+
+DDPM's blocks are the ++ blocks with DDPM's settings: `ResnetBlockDDPM` and `AttnBlock`
+are `ResnetBlockDDPMpp` and `AttnBlockpp` with GroupNorm(32 groups), no skip rescaling
+and a zero-initialized output layer.
+
+Images are NHWC `(B, H, W, C)`; time embeddings are `(B, E)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scoresde.models import up_or_down_sampling as updown
+
+Activation = Callable[[jax.Array], jax.Array]
+
+ACTIVATIONS = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "swish": nn.swish,
+}
+
+
+def get_act(nonlinearity: str) -> Activation:
+    """The activation named by `config.model.nonlinearity`: elu, relu, lrelu (slope 0.2), swish."""
+    key = nonlinearity.lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; valid: {', '.join(ACTIVATIONS)}.")
+    return ACTIVATIONS[key]
+
+
+def default_init(scale: float = 1.0):
+    """DDPM's initializer: variance scaling (fan_avg, uniform); scale 0 means 1e-10."""
+    scale = 1e-10 if scale == 0 else scale
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def conv1x1(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1, init_scale: float = 1.0):
+    """1x1 convolution with DDPM initialization (zero bias): `(B, H, W, C) -> (B, H/s, W/s, out_planes)`."""
+    return nn.Conv(
+        out_planes,
+        kernel_size=(1, 1),
+        strides=(stride, stride),
+        padding="SAME",
+        use_bias=bias,
+        kernel_dilation=(dilation, dilation),
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+    )(x)
+
+
+def conv3x3(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1, init_scale: float = 1.0):
+    """3x3 convolution with DDPM initialization (zero bias): `(B, H, W, C) -> (B, H/s, W/s, out_planes)`."""
+    return nn.Conv(
+        out_planes,
+        kernel_size=(3, 3),
+        strides=(stride, stride),
+        padding="SAME",
+        use_bias=bias,
+        kernel_dilation=(dilation, dilation),
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+    )(x)
+
+
+def group_norm(x, num_groups: Optional[int] = None):
+    """GroupNorm (a fresh `GroupNorm_i` submodule); by default NCSN++'s min(C // 4, 32) groups."""
+    groups = min(x.shape[-1] // 4, 32) if num_groups is None else num_groups
+    return nn.GroupNorm(num_groups=groups)(x)
+
+
+def divide_by_sigma(h, sigmas):
+    """h `(B, ...)` divided by per-example noise levels `(B,)` (NCSN++'s `scale_by_sigma`)."""
+    return h / jnp.reshape(sigmas, (h.shape[0],) + (1,) * (h.ndim - 1))
+
+
+def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000):
+    """Transformer sinusoidal embedding of (possibly fractional) timesteps `(B,)` -> `(B, embedding_dim)`.
+
+    [sin(t w_0), ..., sin(t w_{d/2-1}), cos(t w_0), ...], w_i = max_positions^(-i / (d/2 - 1)).
+    """
+    assert timesteps.ndim == 1
+    half_dim = embedding_dim // 2
+    emb = math.log(max_positions) / (half_dim - 1)
+    emb = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -emb)
+    emb = timesteps[:, None] * emb[None, :]
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
+    if embedding_dim % 2 == 1:  # zero pad
+        emb = jnp.pad(emb, [[0, 0], [0, 1]])
+    assert emb.shape == (timesteps.shape[0], embedding_dim)
+    return emb
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of a scalar: `(B,) -> (B, 2 embedding_size)`.
+
+    [sin(2 pi x W), cos(2 pi x W)] with fixed W ~ N(0, scale^2) (a parameter `W`
+    behind stop_gradient, so it is stored with the parameters but never trained).
+    """
+
+    embedding_size: int = 256
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        W = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+        W = jax.lax.stop_gradient(W)
+        x_proj = x[:, None] * W[None, :] * 2 * jnp.pi
+        return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
+
+
+class NIN(nn.Module):
+    """Network-in-network: a dense layer on the last axis, `(..., C) -> (..., num_units)`."""
+
+    num_units: int
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, x):
+        in_dim = int(x.shape[-1])
+        W = self.param("W", default_init(scale=self.init_scale), (in_dim, self.num_units))
+        b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        y = jnp.tensordot(x, W, axes=1) + b
+        assert y.shape == x.shape[:-1] + (self.num_units,)
+        return y
+
+
+class Combine(nn.Module):
+    """Merge a skip connection x into y: 1x1 conv of x to y's channels, then concat or sum."""
+
+    method: str = "cat"
+
+    @nn.compact
+    def __call__(self, x, y):
+        h = conv1x1(x, y.shape[-1])
+        if self.method == "cat":
+            return jnp.concatenate([h, y], axis=-1)
+        if self.method == "sum":
+            return h + y
+        raise ValueError(f"Method {self.method} not recognized; valid: cat, sum.")
+
+
+class AttnBlockpp(nn.Module):
+    """Single-head self-attention over all H x W positions, residual: `(B, H, W, C) -> same`.
+
+    `num_groups` None uses NCSN++'s min(C // 4, 32) GroupNorm groups.
+    """
+
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    num_groups: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x):
+        B, H, W, C = x.shape
+        h = group_norm(x, self.num_groups)
+        q = NIN(C)(h)
+        k = NIN(C)(h)
+        v = NIN(C)(h)
+        w = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(C) ** (-0.5))
+        w = jnp.reshape(w, (B, H, W, H * W))
+        w = jax.nn.softmax(w, axis=-1)
+        w = jnp.reshape(w, (B, H, W, H, W))
+        h = jnp.einsum("bhwHW,bHWc->bhwc", w, v)
+        h = NIN(C, init_scale=self.init_scale)(h)
+        if not self.skip_rescale:
+            return x + h
+        return (x + h) / np.sqrt(2.0)
+
+
+class AttnBlock(AttnBlockpp):
+    """DDPM's self-attention block: GroupNorm(32), plain residual, zero-initialized output."""
+
+    num_groups: Optional[int] = 32
+
+
+class Upsample(nn.Module):
+    """Upsample by 2: `(B, H, W, C) -> (B, 2H, 2W, out_ch or C)`.
+
+    Nearest-neighbour (+ 3x3 conv if with_conv), or with fir: FIR filtering (fused
+    with a 3x3 conv if with_conv). DDPM uses fir=False.
+    """
+
+    out_ch: Optional[int] = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        B, H, W, C = x.shape
+        out_ch = self.out_ch if self.out_ch else C
+        if not self.fir:
+            h = jax.image.resize(x, (B, H * 2, W * 2, C), "nearest")
+            if self.with_conv:
+                h = conv3x3(h, out_ch)
+        elif not self.with_conv:
+            h = updown.upsample_2d(x, self.fir_kernel, factor=2)
+        else:
+            h = updown.Conv2d(
+                out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel, use_bias=True, kernel_init=default_init()
+            )(x)
+        assert h.shape == (B, 2 * H, 2 * W, out_ch)
+        return h
+
+
+class Downsample(nn.Module):
+    """Downsample by 2: `(B, H, W, C) -> (B, H/2, W/2, out_ch or C)`.
+
+    Average pooling (or a stride-2 3x3 conv if with_conv), or with fir: FIR
+    filtering (fused with a 3x3 conv if with_conv). DDPM uses fir=False.
+    """
+
+    out_ch: Optional[int] = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        B, H, W, C = x.shape
+        out_ch = self.out_ch if self.out_ch else C
+        if not self.fir:
+            if self.with_conv:
+                x = conv3x3(x, out_ch, stride=2)
+            else:
+                x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")
+        elif not self.with_conv:
+            x = updown.downsample_2d(x, self.fir_kernel, factor=2)
+        else:
+            x = updown.Conv2d(
+                out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, use_bias=True, kernel_init=default_init()
+            )(x)
+        assert x.shape == (B, H // 2, W // 2, out_ch)
+        return x
+
+
+def _add_temb(h, temb, act, out_ch):
+    """Add a per-channel bias computed from the time embedding `(B, E)` to h `(B, H, W, out_ch)`."""
+    if temb is None:
+        return h
+    return h + nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :]
+
+
+def _residual(x, h, skip_rescale):
+    return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+
+
+class ResnetBlockDDPMpp(nn.Module):
+    """DDPM's residual block (as in NCSN++): `(B, H, W, C), temb (B, E) -> (B, H, W, out_ch)`.
+
+    GroupNorm-act-conv3x3, + Dense(act(temb)), GroupNorm-act-dropout-conv3x3 (init_scale),
+    shortcut NIN (or conv3x3 if conv_shortcut) when C != out_ch. `num_groups` None
+    uses min(C // 4, 32) GroupNorm groups.
+    """
+
+    act: Activation
+    out_ch: Optional[int] = None
+    conv_shortcut: bool = False
+    dropout: float = 0.1
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    num_groups: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x, temb=None, train: bool = True):
+        C = x.shape[-1]
+        out_ch = self.out_ch if self.out_ch else C
+        h = self.act(group_norm(x, self.num_groups))
+        h = conv3x3(h, out_ch)
+        h = _add_temb(h, temb, self.act, out_ch)
+        h = self.act(group_norm(h, self.num_groups))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale)
+        if C != out_ch:
+            x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+        return _residual(x, h, self.skip_rescale)
+
+
+class ResnetBlockDDPM(ResnetBlockDDPMpp):
+    """DDPM's own residual block: GroupNorm(32), plain residual, zero-initialized second conv."""
+
+    dropout: float = 0.5
+    num_groups: Optional[int] = 32
+
+
+class ResnetBlockBigGANpp(nn.Module):
+    """BigGAN-style residual block that may also resample by 2.
+
+    `(B, H, W, C), temb (B, E) -> (B, H', W', out_ch)`, H' = 2H (up), H/2 (down) or H.
+    Both branches are resampled (FIR or naive) before the first conv; the shortcut gets
+    a 1x1 conv whenever channels change or the block resamples.
+    """
+
+    act: Activation
+    up: bool = False
+    down: bool = False
+    out_ch: Optional[int] = None
+    dropout: float = 0.1
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    init_scale: float = 0.0
+
+    def _resample(self, x):
+        if self.up:
+            return updown.upsample_2d(x, self.fir_kernel, factor=2) if self.fir else updown.naive_upsample_2d(x, 2)
+        if self.down:
+            return updown.downsample_2d(x, self.fir_kernel, factor=2) if self.fir else updown.naive_downsample_2d(x, 2)
+        return x
+
+    @nn.compact
+    def __call__(self, x, temb=None, train: bool = True):
+        C = x.shape[-1]
+        out_ch = self.out_ch if self.out_ch else C
+        h = self.act(group_norm(x))
+        h, x = self._resample(h), self._resample(x)
+        h = conv3x3(h, out_ch)
+        h = _add_temb(h, temb, self.act, out_ch)
+        h = self.act(group_norm(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale)
+        if C != out_ch or self.up or self.down:
+            x = conv1x1(x, out_ch)
+        return _residual(x, h, self.skip_rescale)

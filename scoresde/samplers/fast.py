@@ -1,0 +1,335 @@
+"""Few-step samplers of the probability-flow ODE: EDM (Karras et al. 2022) and
+DPM-Solver / DPM-Solver++ (Lu et al. 2022a, 2022b), with DDIM as DPM-Solver-1.
+
+All of them work on every linear SDE of `sde_lib` through its marginal coefficients
+x_t = alpha_t x_0 + sigma_t eps (alpha_t = s(t) in `sde.marginal_coeffs`) and a
+plain `score_fn(x, t)`, from which the two predictions follow:
+
+    data  x_0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t,
+    noise eps(x, t) = -sigma_t score(x, t).
+
+EDM steps in the noise-to-signal ratio sigma^(t) = sigma_t / alpha_t on x^ = x / alpha_t,
+where the ODE reads dx^/dsigma^ = (x^ - x_0) / sigma^. DPM-Solver steps in the
+half-log-SNR lambda_t = log(alpha_t / sigma_t), with h = lambda_t - lambda_s.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from scoresde import parallel, sde_lib
+
+SPACINGS = ("logSNR", "time_uniform", "time_quadratic")
+
+
+def _coeffs(sde, t):
+    """alpha_t, sigma_t for a scalar t."""
+    s, sigma = sde.marginal_coeffs(jnp.reshape(t, (1,)))
+    return s[0], sigma[0]
+
+
+def data_prediction(sde, score_fn, x, t):
+    """x_0(x, t) = (x + sigma_t^2 score) / alpha_t, for a scalar t."""
+    alpha, sigma = _coeffs(sde, t)
+    return (x + sigma**2 * score_fn(x, jnp.full(x.shape[:1], t, x.dtype))) / alpha
+
+
+def noise_prediction(sde, score_fn, x, t):
+    """eps(x, t) = -sigma_t score, for a scalar t."""
+    _, sigma = _coeffs(sde, t)
+    return -sigma * score_fn(x, jnp.full(x.shape[:1], t, x.dtype))
+
+
+def _initial(key, sde, shape, z):
+    """Latents at T: the given z `(B, ...)`, or prior samples (drawn with `key` itself)."""
+    if z is None:
+        return sde.prior_sampling(key, shape)
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"z has shape {tuple(z.shape)} but shape={tuple(shape)} was asked for.")
+    return parallel.shard_batch(z)
+
+
+def _check(shape, num_steps, minimum=1):
+    if not (isinstance(num_steps, int) and num_steps >= minimum):
+        raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}.")
+    parallel.check_divisible(shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# EDM (Karras et al. 2022, Algorithms 1 and 2).
+
+
+def edm_sigmas(sde, num_steps, eps, rho=7.0):
+    """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    i < N, then sigma_N = 0; sigma_max = sigma^(T), sigma_min = sigma^(eps). `(N + 1,)`."""
+    alpha_max, std_max = _coeffs(sde, jnp.asarray(sde.T))
+    alpha_min, std_min = _coeffs(sde, jnp.asarray(eps))
+    smax, smin = std_max / alpha_max, std_min / alpha_min
+    ramp = jnp.linspace(0.0, 1.0, num_steps)
+    sigmas = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    return jnp.concatenate([sigmas, jnp.zeros((1,))])
+
+
+def _edm_denoiser(sde, score_fn):
+    """D(x^; sigma^): the data prediction of x^ = x / alpha at noise-to-signal ratio sigma^."""
+
+    def denoise(x_hat, sigma_hat):
+        t = sde.sigma_to_t(sigma_hat)
+        alpha, _ = _coeffs(sde, t)
+        return data_prediction(sde, score_fn, alpha * x_hat, t)
+
+    return denoise
+
+
+def edm_sample(
+    key,
+    sde: sde_lib.SDE,
+    score_fn,
+    shape,
+    num_steps: int = 18,
+    eps: float | None = None,
+    rho: float = 7.0,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = float("inf"),
+    S_noise: float = 1.0,
+    z=None,
+):
+    """EDM's 2nd-order Heun sampler (deterministic with S_churn = 0, Algorithm 1) and its
+    stochastic form (Algorithm 2), on the rho = 7 noise-level grid. Defaults are EDM's.
+
+    Step i: gamma = min(S_churn/N, sqrt 2 - 1) if S_min <= sigma_i <= S_max (and capped
+    so sigma^ stays within sigma_max); sigma^ = sigma_i (1 + gamma);
+    x^ += sqrt(sigma^^2 - sigma_i^2) S_noise z; d = (x^ - D(x^; sigma^)) / sigma^;
+    x_{i+1} = x^ + (sigma_{i+1} - sigma^) d, corrected by the trapezoid rule unless
+    sigma_{i+1} = 0. `z`: latents at T instead of prior samples.
+    Returns (x `(B, ...)` at sigma = 0, nfe = 2N - 1).
+    """
+    _check(shape, num_steps)
+    eps = sde_lib.default_eps(sde) if eps is None else float(eps)
+    churn = (S_churn, S_min, S_max, S_noise)
+    x = _edm_loop(key, sde, score_fn, _initial(key, sde, shape, z), num_steps, eps, rho, churn)
+    return x, 2 * num_steps - 1
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "num_steps"))
+def _edm_loop(key, sde, score_fn, z, num_steps, eps, rho, churn):
+    S_churn, S_min, S_max, S_noise = churn
+    denoise = _edm_denoiser(sde, score_fn)
+    sigmas = edm_sigmas(sde, num_steps, eps, rho)
+    alpha_T, _ = _coeffs(sde, jnp.asarray(sde.T))
+    x = parallel.constrain_batch(z) / alpha_T
+
+    def step(x, i):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        in_range = (sigma >= S_min) & (sigma <= S_max)
+        gamma = jnp.where(in_range, jnp.minimum(S_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
+        sigma_hat = jnp.minimum(sigma * (1.0 + gamma), sigmas[0])
+        noise = jax.random.normal(jax.random.fold_in(key, i + 1), x.shape, x.dtype)
+        x_hat = x + jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0)) * S_noise * noise
+        d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
+        x_next = x_hat + (sigma_next - sigma_hat) * d
+        d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
+        return parallel.constrain_batch(x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)), None
+
+    x, _ = jax.lax.scan(step, x, jnp.arange(num_steps - 1))
+    # Last step to sigma = 0 is an Euler step: x_N = D(x; sigma_{N-1}).
+    return denoise(x, sigmas[num_steps - 1])
+
+
+# ---------------------------------------------------------------------------------------
+# DPM-Solver and DPM-Solver++.
+
+
+def _lambda(sde, t):
+    alpha, sigma = _coeffs(sde, t)
+    return jnp.log(alpha) - jnp.log(sigma)
+
+
+def _t_of_lambda(sde, lam):
+    return sde.sigma_to_t(jnp.exp(-lam))
+
+
+def time_grid(sde, num_steps, eps, spacing="logSNR"):
+    """`(num_steps + 1,)` times from T down to eps: uniform in lambda ("logSNR"), in t
+    ("time_uniform"), or in sqrt(t) ("time_quadratic", DPM-Solver's option for discrete models)."""
+    if spacing == "time_uniform":
+        return jnp.linspace(sde.T, eps, num_steps + 1)
+    if spacing == "time_quadratic":
+        return jnp.linspace(math.sqrt(sde.T), math.sqrt(eps), num_steps + 1) ** 2
+    if spacing == "logSNR":
+        lam = jnp.linspace(_lambda(sde, jnp.asarray(sde.T)), _lambda(sde, jnp.asarray(eps)), num_steps + 1)
+        ts = _t_of_lambda(sde, lam)
+        return ts.at[0].set(sde.T).at[-1].set(eps)
+    raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
+
+
+def _first_order(sde, x, s, t, m_s, plus):
+    """DDIM / DPM-Solver-1 from s to t given the prediction m_s at s.
+
+    ++ (data):  x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) x_0
+    (noise):    x_t = (alpha_t/alpha_s) x - sigma_t (e^{h} - 1) eps
+    """
+    (alpha_s, sigma_s), (alpha_t, sigma_t) = _coeffs(sde, s), _coeffs(sde, t)
+    h = _lambda(sde, t) - _lambda(sde, s)
+    if plus:
+        return sigma_t / sigma_s * x - alpha_t * jnp.expm1(-h) * m_s
+    return alpha_t / alpha_s * x - sigma_t * jnp.expm1(h) * m_s
+
+
+def _multistep_update(sde, x, times, ms, order, plus):
+    """One multistep step (Lu et al. 2022b, Algorithm 2, and the 3rd-order form of their code).
+
+    times = (p2, p1, p0, t): the last three grid times and the target t; ms = (m2, m1, m0)
+    the predictions at p2, p1, p0. Order k uses the last k of them.
+    """
+    p2, p1, p0, t = times
+    m2, m1, m0 = ms
+    if order == 1:
+        return _first_order(sde, x, p0, t, m0, plus)
+    (alpha_0, sigma_0), (alpha_t, sigma_t) = _coeffs(sde, p0), _coeffs(sde, t)
+    lam_t, lam_0, lam_1 = _lambda(sde, t), _lambda(sde, p0), _lambda(sde, p1)
+    h = lam_t - lam_0
+    r0 = (lam_0 - lam_1) / h
+    D1_0 = (m0 - m1) / r0
+    if plus:
+        lin, scale, phi_1 = sigma_t / sigma_0 * x, alpha_t, jnp.expm1(-h)
+    else:
+        lin, scale, phi_1 = alpha_t / alpha_0 * x, sigma_t, jnp.expm1(h)
+    if order == 2:
+        return lin - scale * phi_1 * m0 - 0.5 * scale * phi_1 * D1_0
+    r1 = (lam_1 - _lambda(sde, p2)) / h
+    D1_1 = (m1 - m2) / r1
+    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
+    D2 = (D1_0 - D1_1) / (r0 + r1)
+    if plus:
+        phi_2 = phi_1 / h + 1.0
+        phi_3 = phi_2 / h - 0.5
+        return lin - scale * phi_1 * m0 + scale * phi_2 * D1 - scale * phi_3 * D2
+    phi_2 = phi_1 / h - 1.0
+    phi_3 = phi_2 / h - 0.5
+    return lin - scale * phi_1 * m0 - scale * phi_2 * D1 - scale * phi_3 * D2
+
+
+def _singlestep_update(sde, model, x, s, t, m_s, order, plus):
+    """One singlestep DPM-Solver-k step from s to t (intermediate points at r = 1/2, or
+    1/3 and 2/3 in lambda); `model(x, t)` gives the prediction. Lu et al. 2022a/b."""
+    if order == 1:
+        return _first_order(sde, x, s, t, m_s, plus)
+    lam_s = _lambda(sde, s)
+    h = _lambda(sde, t) - lam_s
+    r1, r2 = (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
+    s1 = _t_of_lambda(sde, lam_s + r1 * h)
+    x_s1 = _first_order(sde, x, s, s1, m_s, plus)
+    m_s1 = model(x_s1, s1)
+    alpha_t, sigma_t = _coeffs(sde, t)
+    scale, phi_1 = (alpha_t, jnp.expm1(-h)) if plus else (sigma_t, jnp.expm1(h))
+    x_t1 = _first_order(sde, x, s, t, m_s, plus)  # the first-order part of x_t
+    if order == 2:
+        return x_t1 - 0.5 / r1 * scale * phi_1 * (m_s1 - m_s)
+    s2 = _t_of_lambda(sde, lam_s + r2 * h)
+    alpha_s2, sigma_s2 = _coeffs(sde, s2)
+    if plus:
+        phi_22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
+        x_s2 = _first_order(sde, x, s, s2, m_s, plus) + r2 / r1 * alpha_s2 * phi_22 * (m_s1 - m_s)
+        phi_2 = phi_1 / h + 1.0
+        return x_t1 + scale * phi_2 * (model(x_s2, s2) - m_s) / r2
+    phi_22 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
+    x_s2 = _first_order(sde, x, s, s2, m_s, plus) - r2 / r1 * sigma_s2 * phi_22 * (m_s1 - m_s)
+    phi_2 = phi_1 / h - 1.0
+    return x_t1 - scale * phi_2 * (model(x_s2, s2) - m_s) / r2
+
+
+def dpm_solver_sample(
+    key,
+    sde: sde_lib.SDE,
+    score_fn,
+    shape,
+    num_steps: int = 20,
+    eps: float | None = None,
+    order: int = 2,
+    method: str = "multistep",
+    spacing: str = "logSNR",
+    plus: bool = True,
+    lower_order_final: bool = True,
+    z=None,
+):
+    """DPM-Solver++ (`plus=True`, data prediction) or DPM-Solver (noise prediction).
+
+    Args:
+      num_steps: M steps on `time_grid(sde, M, eps, spacing)`.
+      order: 1 (DDIM), 2 or 3.
+      method: "multistep" (one evaluation per step; the first order - 1 steps warm up
+        at lower order) or "singlestep" (`order` evaluations per step).
+      lower_order_final: multistep only, as DPM-Solver's code: with fewer than 10 steps
+        the last steps drop to lower order, which stabilises very few-step sampling.
+    z: latents at T instead of prior samples.
+    Defaults are DPM-Solver++(2M) with 20 logSNR-uniform steps, as Lu et al. 2022b.
+    Returns (x `(B, ...)` at eps, nfe).
+    """
+    _check(shape, num_steps)
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}.")
+    if method not in ("multistep", "singlestep"):
+        raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}.")
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
+    eps = sde_lib.default_eps(sde) if eps is None else float(eps)
+    z = _initial(key, sde, shape, z)
+    x = _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final)
+    return x, num_steps * (order if method == "singlestep" else 1)
+
+
+def _multistep_orders(num_steps, order, lower_order_final):
+    """The order of each multistep step: warm-up, then `order`, then (optionally) a final descent."""
+    orders = [min(order, i + 1) for i in range(num_steps)]
+    if lower_order_final and num_steps < 10:
+        orders = [min(o, num_steps - i) for i, o in enumerate(orders)]
+    return orders
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("sde", "score_fn", "num_steps", "order", "method", "spacing", "plus", "lower_order_final"),
+)
+def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final):
+    predict = data_prediction if plus else noise_prediction
+
+    def model(x, t):
+        return predict(sde, score_fn, x, t)
+
+    ts = time_grid(sde, num_steps, eps, spacing)
+    x = parallel.constrain_batch(z)
+    if method == "singlestep":
+
+        def step(x, i):
+            return parallel.constrain_batch(
+                _singlestep_update(sde, model, x, ts[i], ts[i + 1], model(x, ts[i]), order, plus)
+            ), None
+
+        return jax.lax.scan(step, x, jnp.arange(num_steps))[0]
+
+    orders = jnp.asarray(_multistep_orders(num_steps, order, lower_order_final))
+    updates = [functools.partial(_multistep_update, sde, order=k, plus=plus) for k in (1, 2, 3)]
+
+    def step(carry, i):
+        x, times, ms = carry  # the last three grid times and their predictions, newest last
+        t = ts[i + 1]
+        x = jax.lax.switch(orders[i] - 1, updates, x, (*times, t), ms)
+        x = parallel.constrain_batch(x)
+        # The last step needs no prediction at eps: skip it, so nfe = num_steps.
+        m = jax.lax.cond(i + 1 < num_steps, model, lambda x, t: jnp.zeros_like(x), x, t)
+        return (x, (times[1], times[2], t), (ms[1], ms[2], m)), None
+
+    zeros = jnp.zeros_like(x)
+    carry = (x, (ts[0], ts[0], ts[0]), (zeros, zeros, model(x, ts[0])))
+    return jax.lax.scan(step, carry, jnp.arange(num_steps))[0][0]
+
+
+def ddim_sample(key, sde, score_fn, shape, num_steps: int = 50, eps: float | None = None, spacing="time_uniform", z=None):
+    """Deterministic DDIM (eta = 0): DPM-Solver-1 on time-uniform steps (Song, Meng & Ermon 2021)."""
+    return dpm_solver_sample(key, sde, score_fn, shape, num_steps, eps, order=1, spacing=spacing, z=z)
