@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["scoresde", "scoresde.*"]),
-    package_data={"scoresde": ["assets/*"]},
+    package_data={"scoresde": ["assets/*", "evaluation/assets/*"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10,<0.14",
@@ -25,6 +25,7 @@ setup(
         "Pillow>=10,<13",
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
     entry_points={"console_scripts": ["scoresde=scoresde.cli:main"]},

@@ -32,7 +32,10 @@ Names:
 
 from __future__ import annotations
 
+import functools
 import glob
+import gzip
+import importlib.util
 import math
 import os
 from typing import Callable, Sequence
@@ -389,6 +392,32 @@ class ToyIterator:
 # ----------------------------------------------------------------------------- loaders
 
 
+@functools.cache
+def _load_digits_cached():
+    """scikit-learn's digits as (images float64 (1797, 8, 8) in 0..16, labels int32).
+
+    Reads the CSV bundled with scikit-learn directly (what `load_digits` reads),
+    which avoids importing scikit-learn (seconds); falls back to `load_digits`.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = os.path.join(loc, "datasets", "data", "digits.csv.gz")
+        if os.path.exists(path):
+            with gzip.open(path, "rt") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int32)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.astype(np.float64), digits.target.astype(np.int32)
+
+
+def _load_digits():
+    images, labels = _load_digits_cached()
+    return images.copy(), labels.copy()
+
+
 def digits_split(seed: int = 0):
     """scikit-learn's 8x8 digits with a fixed train/test split (no download).
 
@@ -398,11 +427,8 @@ def digits_split(seed: int = 0):
 
     Returns (train_images, train_labels, test_images, test_labels).
     """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[..., None]
-    labels = digits.target.astype(np.int32)
+    images, labels = _load_digits()
+    images = (images / 16.0).astype(np.float32)[..., None]
     perm = np.random.default_rng(seed).permutation(len(images))
     images, labels = images[perm], labels[perm]
     n_test = int(round(0.2 * len(images)))

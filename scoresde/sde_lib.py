@@ -130,7 +130,12 @@ class SDE(abc.ABC):
             return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
 
         lo, hi = jax.lax.fori_loop(0, 60, halve, (lo, hi))
-        return 0.5 * (lo + hi)
+        t = jax.lax.stop_gradient(0.5 * (lo + hi))
+        # The bisection has zero derivative; add the implicit-function gradient
+        # dt/dsigma = 1 / ratio'(t) through a term whose value is exactly zero.
+        r, dr = jax.jvp(ratio, (t,), (jnp.ones_like(t),))
+        step = (sigma - r) / dr
+        return t + (step - jax.lax.stop_gradient(step))
 
     def _standard_normal_logp(self, z, var=1.0):
         d = np.prod(z.shape[1:])
@@ -157,6 +162,12 @@ class ReverseSDE(SDE):
     @property
     def T(self):
         return self.forward.T
+
+    def with_steps(self, N: int | None) -> "ReverseSDE":
+        """The reverse of the forward SDE with N steps (so `discretize` uses them too)."""
+        if N is None or N == self.N:
+            return self
+        return ReverseSDE(self.forward.with_steps(N), self.score_fn, self.probability_flow)
 
     def _weight(self):
         return 0.5 if self.probability_flow else 1.0

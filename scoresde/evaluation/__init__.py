@@ -1,0 +1,32 @@
+"""Sample-quality evaluation: FID / FD-digits, KID and Inception Score.
+
+Metrics on features (`metrics`): `frechet_distance`, `kid`, `inception_score`,
+streaming `FeatureStats`, `Stats` with `save_stats` / `load_stats`.
+
+Feature spaces (`feature_spaces`), each result naming its own:
+  - "inception_v3_fid": the FID Inception-v3 (`inception`), from locally converted
+    pytorch-fid weights; its Fréchet distance is the FID.
+  - "digits_classifier": the bundled 8x8-digits classifier (`digits`); its Fréchet
+    distance is "FD-digits", never to be reported as FID.
+"""
+
+from scoresde.evaluation.digits import digits_features, digits_logits, digits_split
+from scoresde.evaluation.feature_spaces import (
+    FD_NAMES,
+    compute_features,
+    compute_stats,
+    evaluate,
+    fd_from_stats,
+)
+from scoresde.evaluation.inception import InceptionV3FID, inception_features, load_variables
+from scoresde.evaluation.metrics import (
+    FeatureStats,
+    Stats,
+    frechet_distance,
+    inception_score,
+    kid,
+    load_stats,
+    polynomial_mmd2,
+    save_stats,
+    stats_from_features,
+)

@@ -1,12 +1,13 @@
 """Offline feature space for the bundled 8x8 digits (feature space "digits_classifier").
 
 A small MLP classifier, 64 -> 128 -> 64 -> 10 with ReLUs, trained on the training
-split of scikit-learn's digits (`digits_split`). Its 64-d penultimate activations give
+split of scikit-learn's digits, `scoresde.datasets.digits_split(0)` (the split the
+toolkit trains on: 1438 training, 359 test images). Its 64-d penultimate activations give
 the Fréchet distance "FD-digits" (and KID, IS) for digits samples. These numbers live
 in this classifier's feature space only: they are not FID and not comparable to it.
 
 The weights ship as `assets/digits_classifier.npz` (about 70 KB); regenerate them with
-`python -m scoresde.evaluation.digits` (deterministic, about a minute on a CPU).
+`python -m scoresde.evaluation.train_digits` (seeded; under a minute on a CPU).
 """
 
 from __future__ import annotations
@@ -20,26 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from scoresde.datasets import digits_split  # the one train/test split of the digits
+
 FEATURE_SPACE = "digits_classifier"
 ASSET = os.path.join(os.path.dirname(__file__), "assets", "digits_classifier.npz")
-NUM_TEST = 297
-
-
-def digits_split():
-    """The fixed train/test split of scikit-learn's 8x8 digits used across scoresde.
-
-    A seeded permutation (np.random.RandomState(0), a frozen stream) of the 1797
-    images; the last 297 are the test split. Returns ((x_train, y_train),
-    (x_test, y_test)): x `(N, 8, 8, 1)` float32 in [0, 1] (pixel levels k/16, k =
-    0..16), y `(N,)` int64; 1500 training and 297 test images.
-    """
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    perm = np.random.RandomState(0).permutation(len(data.target))
-    x = (data.images[perm] / 16.0).astype(np.float32)[..., None]
-    y = data.target[perm].astype(np.int64)
-    return (x[:-NUM_TEST], y[:-NUM_TEST]), (x[-NUM_TEST:], y[-NUM_TEST:])
 
 
 class DigitsClassifier(nn.Module):
@@ -83,7 +68,7 @@ def train_classifier(steps=10000, batch_size=128, lr=2e-3, seed=0):
     dropout and random one-pixel shifts. Returns (params, test accuracy)."""
     import optax
 
-    (x_train, y_train), (x_test, y_test) = digits_split()
+    x_train, y_train, x_test, y_test = digits_split(0)
     model = DigitsClassifier()
     key = jax.random.PRNGKey(seed)
     params = model.init(key, x_train[:1])["params"]
@@ -114,11 +99,3 @@ def train_classifier(steps=10000, batch_size=128, lr=2e-3, seed=0):
     acc = float(np.mean(np.argmax(_apply(params, x_test)[1], -1) == y_test))
     return params, acc
 
-
-if __name__ == "__main__":
-    params, acc = train_classifier()
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    os.makedirs(os.path.dirname(ASSET), exist_ok=True)
-    with open(ASSET, "wb") as f:
-        np.savez_compressed(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-    print(f"test accuracy {acc:.4f}; wrote {ASSET} ({os.path.getsize(ASSET)} bytes)")

@@ -187,6 +187,7 @@ class InceptionV3FID(nn.Module):
         return pool, nn.Dense(NUM_CLASSES, name="fc")(pool)
 
 
+@functools.lru_cache(maxsize=2)
 def variable_shapes(resize=299):
     """The model's variables {"params", "batch_stats"} as ShapeDtypeStructs (no compute)."""
     x = jax.ShapeDtypeStruct((1, resize, resize, 3), jnp.float32)
@@ -233,5 +234,11 @@ def inception_features(images, path=None, centered=False, batch_size=100):
     """FID Inception pool features `(N, 2048)` and logits `(N, 1008)` (NumPy float32)
     of images `(N, H, W, C)` in [0, 1] (or [-1, 1] with `centered`), in batches."""
     fn = _apply_fn(weights_path(path), centered)
-    outs = [fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return tuple(np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(2))
+    images = np.asarray(images, np.float32)
+    outs = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size]
+        pad = min(batch_size, len(images)) - len(batch)  # one compiled batch shape
+        batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+        outs.append([np.asarray(o)[:len(batch) - pad] for o in fn(batch)])
+    return tuple(np.concatenate([o[j] for o in outs]) for j in range(2))

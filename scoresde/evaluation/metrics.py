@@ -22,11 +22,16 @@ from scipy.special import softmax, xlogy
 # --------------------------------------------------------------------------------------
 
 
+def _sqrt_eigvals(w):
+    """sqrt of the eigenvalues `w` of a PSD matrix, with those at round-off level
+    (|w| <= D eps max w, including negative ones) set to 0."""
+    return np.sqrt(np.where(w > len(w) * np.finfo(w.dtype).eps * max(w.max(), 0), w, 0))
+
+
 def _psd_sqrt(a):
-    """Symmetric PSD square root of `a` `(D, D)` by eigendecomposition (negative
-    eigenvalues from round-off are clipped to 0)."""
+    """Symmetric PSD square root of `a` `(D, D)` by eigendecomposition."""
     w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return (v * _sqrt_eigvals(w)) @ v.T
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
@@ -47,7 +52,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
         raise ValueError(f"shape mismatch: mu {mu1.shape}, {mu2.shape}; sigma {s1.shape}, {s2.shape}")
     r1 = _psd_sqrt(s1)
     m = r1 @ s2 @ r1
-    tr_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)))
+    tr_covmean = np.sum(_sqrt_eigvals(np.linalg.eigvalsh((m + m.T) / 2)))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
@@ -82,7 +87,8 @@ def kid(feats1, feats2, num_subsets=100, subset_size=1000, seed=0):
     pairs of random subsets, each of m = min(subset_size, N1, N2) rows drawn without
     replacement from each set. Returns `(mean, std)` over subsets; the mean is an
     unbiased estimate of MMD^2 (it can be slightly negative). The std is the spread of
-    one subset's estimate, an upper bound on the standard error of the mean.
+    one subset's estimate, an upper bound on the standard error of the mean (0 when m
+    equals both set sizes: every subset is then the whole set).
     """
     feats1, feats2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     m = min(subset_size, len(feats1), len(feats2))
@@ -126,7 +132,7 @@ def inception_score(logits, splits=10, from_logits=True):
 # --------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Stats:
     """Gaussian statistics of `count` feature vectors from network `feature_space`:
     mu `(D,)`, sigma `(D, D)` (unbiased sample covariance, ddof=1, as np.cov)."""
@@ -155,9 +161,10 @@ class FeatureStats:
 
     def update(self, feats):
         """Add a chunk of features `(B, D)`; returns self."""
-        x = np.asarray(feats, np.float64).reshape(len(feats), -1)
+        x = np.asarray(feats, np.float64)
         if len(x) == 0:
             return self
+        x = x.reshape(len(x), -1)
         mu_b = x.mean(axis=0)
         m2_b = (x - mu_b).T @ (x - mu_b)
         if self.count == 0:

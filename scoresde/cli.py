@@ -1,0 +1,513 @@
+"""The `scoresde` command line: train, sample, likelihood, ablate, evaluate, fid-stats, configs.
+
+    scoresde train --config digits_vp --workdir runs/digits [--config.training.n_iters=2000]
+    scoresde sample --workdir runs/digits [--sampler pc --steps 500 --snr 0.16 --num 64]
+    scoresde likelihood --workdir runs/digits --split test [--passes 5]
+    scoresde ablate --workdir runs/digits | --target 8gaussians [--samplers ... --nfes ...]
+    scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]
+    scoresde fid-stats --config cifar10_ddpmpp_continuous --out stats.npz
+    scoresde configs
+
+Every mistake a user can make (a missing workdir or checkpoint, a data set that is
+not prepared, a bad override, an unknown sampler) ends with a one-line cause and fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+# Arguments of the form --config.a.b=value are config overrides.
+OVERRIDE_PREFIX = "--config."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise SystemExit(f"scoresde: error: {message} (see scoresde {self.prog.split()[-1]} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scoresde", description="Score-based generative modelling with SDEs, on JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train (or resume) a score model")
+    p.add_argument("--config", help="config name or path (omit to resume a workdir)")
+    p.add_argument("--workdir", required=True)
+
+    def sampling_args(p):
+        p.add_argument("--sampler", default=None, help="sampler name (default: the config's sampling.method)")
+        p.add_argument("--steps", type=int, default=None, help="num_steps of the sampler")
+        p.add_argument("--snr", type=float, default=None, help="Langevin signal-to-noise ratio (pc)")
+        p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other sampler options")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("sample", help="sample a trained model: .npz and a PNG grid")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--out", default=None, help="output prefix (default: <workdir>/samples/<sampler>)")
+    sampling_args(p)
+
+    p = sub.add_parser("likelihood", help="bits/dim over a data split through the probability-flow ODE")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--passes", type=int, default=5, help="dequantization passes (the reference used 5)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    p.add_argument("--divergence", default="rademacher")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("ablate", help="samplers x NFE (x snr) grid: CSV, markdown table, PNG plot")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir")
+    src.add_argument("--target", help="an analytic target: " + ", ".join(_toy_names()))
+    p.add_argument("--samplers", default="euler_maruyama,pc,ode_heun,ddim,edm_heun,dpm_solver++")
+    p.add_argument("--nfes", default="10,20,50,100")
+    p.add_argument("--snrs", default=None, help="comma-separated snr values, swept for pc samplers")
+    p.add_argument("--num", type=int, default=None, help="samples per run")
+    p.add_argument("--sde", default="vpsde", help="with --target: vpsde, subvpsde, vesde, cosinevpsde")
+    p.add_argument("--out", default=None, help="output prefix (default: <workdir>/ablation or ./ablation_<target>)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("evaluate", help="FID/KID/IS (or FD-digits) of N samples; resumes")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--num", type=int, default=None, help="number of samples (default: eval.num_samples)")
+    p.add_argument("--chunk", type=int, default=None, help="samples per chunk (default: eval.batch_size)")
+    p.add_argument("--stats", default=None, help="dataset statistics .npz from fid-stats")
+    p.add_argument("--weights", default=None, help="FID Inception weights .npz")
+    sampling_args(p)
+
+    p = sub.add_parser("fid-stats", help="precompute a data set's feature statistics")
+    p.add_argument("--config", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", default=None, help="FID Inception weights .npz")
+
+    sub.add_parser("configs", help="list the config names")
+    return parser
+
+
+def _toy_names():
+    from scoresde.analytic import TOY_TARGETS
+
+    return list(TOY_TARGETS)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _split_overrides(argv):
+    overrides, rest = [], []
+    for arg in argv:
+        if arg.startswith(OVERRIDE_PREFIX):
+            overrides.append(arg[len(OVERRIDE_PREFIX) :])
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def _load_train_config(args, overrides):
+    from scoresde import configs, experiment
+
+    saved = os.path.exists(experiment.config_path(args.workdir))
+    if saved:
+        # Resuming: the saved config is authoritative (overrides may still extend it, e.g. n_iters).
+        config = experiment.load_config(args.workdir)
+        if args.config:
+            given = configs.get_config(args.config)
+            for section in ("model", "data"):
+                if given[section].to_json() != config[section].to_json():
+                    raise experiment.UserError(
+                        f"{args.workdir!r} holds a run of another config ({section} settings differ from "
+                        f"{args.config!r}). Use a new --workdir, or omit --config to resume it."
+                    )
+        config.unlock()
+    elif args.config:
+        config = configs.get_config(args.config)
+    else:
+        raise experiment.UserError(
+            f"No config: pass --config <name> to start a run in {args.workdir!r} (scoresde configs lists names)."
+        )
+    config = configs.apply_overrides(config, overrides)
+    return config, saved
+
+
+def _sampler_options(args, config):
+    """The sampler name and options from --sampler/--steps/--snr/--option and the config."""
+    from scoresde.samplers import registry
+
+    name = args.sampler or _config_sampler(config)
+    options = {}
+    if args.steps is not None:
+        options["num_steps"] = args.steps
+    if args.snr is not None:
+        options["snr"] = args.snr
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"scoresde: error: --option takes KEY=VALUE, got {item!r}")
+        options[key] = _parse_value(value)
+    if name not in registry.SAMPLERS:
+        raise SystemExit(f"scoresde: error: unknown sampler {name!r}; valid: {', '.join(registry.SAMPLERS)}")
+    valid = registry.sampler_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise SystemExit(
+            f"scoresde: error: sampler {name!r} has no option {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
+    return name, options
+
+
+def _config_sampler(config):
+    s = config.sampling
+    if s.method == "ode":
+        return "ode"
+    return "pc"
+
+
+def _config_sampler_options(config, name):
+    """The config's sampling.* settings, for the sampler that the config names."""
+    s = config.sampling
+    if name == "pc":
+        return {"predictor": s.predictor, "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps_each,
+                "denoise": s.noise_removal}
+    return {}
+
+
+def _parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _run_sampler(key, sde, score_fn, shape, name, options):
+    from scoresde.samplers import registry
+
+    try:
+        return registry.sample(key, sde, score_fn, shape, name, **options)
+    except ValueError as err:
+        raise SystemExit(f"scoresde: error: {err}") from err
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args, overrides):
+    import jax
+
+    from scoresde import experiment, reporting, train
+
+    config, resumed = _load_train_config(args, overrides)
+    sde, model = experiment.sde_from_config(config), experiment.model_from_config(config)
+    train_iter = experiment.dataset_from_config(config, "train")
+    experiment.save_config(args.workdir, config)
+    tb = reporting.TensorBoardWriter(os.path.join(args.workdir, "tensorboard")) if jax.process_index() == 0 else None
+    shape = (config.training.snapshot_sampling_num if "snapshot_sampling_num" in config.training else 64,)
+    shape = shape + experiment.data_shape(config)
+    if shape[0] % jax.device_count():
+        shape = (jax.device_count() * math.ceil(shape[0] / jax.device_count()),) + shape[1:]
+
+    def on_log(step, metrics):
+        if tb:
+            tb.scalars(step, metrics)
+
+    def on_snapshot(state, step):
+        if not config.training.snapshot_sampling:
+            return
+        from scoresde import models
+
+        score_fn = models.get_score_fn(
+            sde, model, state.ema_params, continuous=config.training.continuous,
+            parameterization=config.model.get("parameterization"),
+        )
+        name = _config_sampler(config)
+        x, nfe = _run_sampler(jax.random.PRNGKey(step), sde, score_fn, shape, name, _config_sampler_options(config, name))
+        if jax.process_index() == 0:
+            path = os.path.join(args.workdir, "samples", f"step_{step:08d}.png")
+            reporting.save_samples_png(experiment.to_unit_range(x, config), path, title=f"step {step}")
+            print(f"samples at step {step} ({name}, NFE {nfe}): {path}", flush=True)
+            if tb and experiment.is_image_data(config):
+                tb.image(step, "samples", reporting.image_grid(experiment.to_unit_range(x, config)))
+
+    print(("Resuming" if resumed else "Starting") + f" {args.workdir} ({config.get('name', 'config')})", flush=True)
+    try:
+        train.train(
+            model, sde, train_iter, args.workdir, example_shape=experiment.data_shape(config),
+            on_log=on_log, on_snapshot=on_snapshot, **experiment.train_kwargs(config),
+        )
+    except train.NonFiniteLossError as err:
+        raise experiment.UserError(str(err)) from err
+    finally:
+        if tb:
+            tb.close()
+
+
+def cmd_sample(args, overrides):
+    import jax
+    import numpy as np
+
+    from scoresde import experiment, reporting
+
+    config, sde, score_fn, step = experiment.load_score_fn(args.workdir)
+    name, options = _sampler_options(args, config)
+    if args.sampler is None:
+        options = {**_config_sampler_options(config, name), **options}
+    shape = (args.num,) + experiment.data_shape(config)
+    start = time.perf_counter()
+    x, nfe = _run_sampler(jax.random.PRNGKey(args.seed), sde, score_fn, shape, name, options)
+    x = np.asarray(experiment.to_unit_range(x, config))
+    wall = time.perf_counter() - start
+    prefix = args.out or os.path.join(args.workdir, "samples", f"{name}_step{step}")
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    np.savez(prefix + ".npz", samples=x, nfe=nfe, sampler=name, options=json.dumps(options), step=step)
+    png = reporting.save_samples_png(x, prefix + ".png", title=f"{name}, NFE {nfe}")
+    print(f"{args.num} samples ({name}, NFE {nfe}, {wall:.1f} s) -> {prefix}.npz, {png}")
+
+
+def cmd_likelihood(args, overrides):
+    import jax
+    import numpy as np
+
+    from scoresde import experiment, likelihood
+
+    config, sde, score_fn, step = experiment.load_score_fn(args.workdir)
+    if not experiment.is_image_data(config):
+        raise experiment.UserError("likelihood reports bits/dim of discrete image data; this config has 2-D points.")
+    batch = args.batch or config.eval.batch_size
+    data = experiment.dataset_from_config(
+        _uncentered(config), args.split, batch,
+        shuffle=False, num_epochs=1, drop_remainder=False,
+    )
+    images = np.concatenate([b["image"] for b in data])[: args.limit]
+    num_bins = config.data.get("num_bins", 256)
+    batch = min(batch, len(images))
+    batch -= batch % jax.device_count() or 0
+    report = likelihood.evaluate_bpd(
+        jax.random.PRNGKey(args.seed), sde, score_fn, images, batch, num_bins=num_bins,
+        centered=config.data.centered, num_passes=args.passes, divergence=args.divergence,
+    )
+    report.update(split=args.split, step=step, divergence=args.divergence, workdir=args.workdir)
+    os.makedirs(os.path.join(args.workdir, "eval"), exist_ok=True)
+    path = _write_json(os.path.join(args.workdir, "eval", f"bpd_{args.split}_step{step}.json"), report)
+    print(f"{args.split} bits/dim: {report['bpd']:.4f} ± {report['bpd_stderr']:.4f} "
+          f"(passes: {', '.join(f'{v:.4f}' for v in report['bpd_per_pass'])}) -> {path}")
+
+
+def _uncentered(config):
+    """The same data settings, but values in [0, 1] (bits_per_dim does the scaling)."""
+    config = config.copy_and_resolve_references()
+    config.data.centered = False
+    config.data.uniform_dequantization = False
+    return config
+
+
+def cmd_ablate(args, overrides):
+    import jax
+
+    from scoresde import ablation, analytic, experiment, sde_lib
+    from scoresde.samplers import registry
+
+    samplers = [s for s in args.samplers.split(",") if s]
+    for s in samplers:
+        if s not in registry.SAMPLERS:
+            raise SystemExit(f"scoresde: error: unknown sampler {s!r}; valid: {', '.join(registry.SAMPLERS)}")
+    nfes = [int(v) for v in args.nfes.split(",")]
+    configs = []
+    for s in samplers:
+        if args.snrs and "snr" in registry.sampler_options(s):
+            configs += [(s, {"snr": float(v)}) for v in args.snrs.split(",")]
+        else:
+            configs.append((s, {}))
+    key = jax.random.PRNGKey(args.seed)
+    if args.target:
+        if args.target not in _toy_names():
+            raise SystemExit(f"scoresde: error: unknown target {args.target!r}; valid: {', '.join(_toy_names())}")
+        target = analytic.toy_target(args.target)
+        if not isinstance(target, analytic.GaussianMixture):
+            raise SystemExit(
+                f"scoresde: error: target {args.target!r} has no exact score; use one of: "
+                + ", ".join(n for n in _toy_names() if isinstance(analytic.toy_target(n), analytic.GaussianMixture))
+            )
+        sde = sde_lib.get_sde(args.sde)
+        score_fn, shape = target.score_fn(sde), (args.num or 4096, target.dim)
+        quality, metric = ablation.exact_target_quality(target, jax.random.PRNGKey(1)), "fd_modes"
+        prefix = args.out or f"ablation_{args.target}"
+        title = f"{args.target} ({args.sde}), exact score"
+        notes = "Exact score of the target; fd_modes: per-mode Frechet distance to the exact components."
+    else:
+        config, sde, score_fn, step = experiment.load_score_fn(args.workdir)
+        shape = (args.num or 512,) + experiment.data_shape(config)
+        quality, metric, notes = _image_quality(config, shape[0])
+        prefix = args.out or os.path.join(args.workdir, "ablation")
+        title = f"{config.data.dataset} ({config.training.sde}), step {step}"
+    rows = ablation.run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)
+    files = ablation.write_results(rows, prefix, metric, title, notes)
+    print(open(prefix + ".md").read())
+    print("wrote " + ", ".join(files))
+
+
+def _image_quality(config, num):
+    """Quality of image samples against held-out data, in a named feature space."""
+    import numpy as np
+
+    from scoresde import experiment
+    from scoresde.evaluation import feature_spaces
+
+    test = experiment.dataset_from_config(_uncentered(config), "test", 256, shuffle=False, num_epochs=1, drop_remainder=False)
+    held_out = np.concatenate([b["image"] for b in test])
+    if config.data.dataset == "digits":
+        space = "digits_classifier"
+        ref = feature_spaces.compute_stats(held_out, space)
+
+        def quality(x):
+            images = np.asarray(experiment.to_unit_range(x, config))
+            if not np.all(np.isfinite(images)):
+                return {"fd_digits": float("inf")}
+            return {"fd_digits": feature_spaces.fd_from_stats(feature_spaces.compute_stats(images, space), ref)["fd"]}
+
+        note = ("fd_digits: Frechet distance to the held-out test split in the bundled digits classifier's "
+                "64-d feature space (FD-digits; not an FID).")
+        return quality, "fd_digits", note
+    from scoresde.ablation import sliced_wasserstein
+    import jax
+
+    ref = held_out[:num]
+
+    def quality(x):
+        images = np.asarray(experiment.to_unit_range(x, config))[: len(ref)]
+        return {"sw_pixels": sliced_wasserstein(jax.random.PRNGKey(0), images, ref[: len(images)])}
+
+    note = "sw_pixels: sliced W2 distance in pixel space to held-out test images (an interim, pixel-space metric)."
+    return quality, "sw_pixels", note
+
+
+def cmd_evaluate(args, overrides):
+    import jax
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from scoresde import experiment
+    from scoresde.evaluation import feature_spaces, metrics
+
+    config, sde, score_fn, step = experiment.load_score_fn(args.workdir)
+    if not experiment.is_image_data(config):
+        raise experiment.UserError("evaluate computes image metrics; this config has 2-D points (use ablate).")
+    name, options = _sampler_options(args, config)
+    if args.sampler is None:
+        options = {**_config_sampler_options(config, name), **options}
+    space = "digits_classifier" if config.data.dataset == "digits" else "inception_v3_fid"
+    num = args.num or config.eval.num_samples
+    chunk = args.chunk or config.eval.batch_size
+    chunk -= chunk % jax.device_count()
+    run_dir = os.path.join(args.workdir, "eval", f"{name}_step{step}")
+    os.makedirs(run_dir, exist_ok=True)
+    if args.stats:
+        reference = metrics.load_stats(args.stats)
+    elif space == "digits_classifier":
+        test = experiment.dataset_from_config(_uncentered(config), "test", 256, shuffle=False, num_epochs=1, drop_remainder=False)
+        reference = np.concatenate([b["image"] for b in test])
+    else:
+        raise experiment.UserError(
+            "FID needs dataset statistics: run scoresde fid-stats --config <name> --out stats.npz, then pass --stats."
+        )
+    shape = (chunk,) + experiment.data_shape(config)
+    num_chunks = math.ceil(num / chunk)
+    # Chunks already on disk are kept: an interrupted evaluation resumes where it stopped.
+    for i in tqdm(range(num_chunks), desc="samples"):
+        path = os.path.join(run_dir, f"chunk_{i:05d}.npz")
+        if os.path.exists(path):
+            continue
+        x, nfe = _run_sampler(jax.random.fold_in(jax.random.PRNGKey(args.seed), i), sde, score_fn, shape, name, options)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, samples=np.asarray(experiment.to_unit_range(x, config)), nfe=nfe)
+        os.replace(tmp, path)
+    chunks = (np.load(os.path.join(run_dir, f"chunk_{i:05d}.npz"))["samples"] for i in range(num_chunks))
+    samples = np.concatenate(list(chunks))[:num]
+    result = feature_spaces.evaluate(samples, reference, space, weights=args.weights)
+    result.update(sampler=name, options=options, num_samples=int(len(samples)), step=step)
+    path = _write_json(os.path.join(run_dir, "report.json"), _jsonable(result))
+    print(json.dumps(_jsonable(result), indent=2))
+    print("wrote", path)
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def cmd_fid_stats(args, overrides):
+    from scoresde import configs, experiment
+    from scoresde.evaluation import feature_spaces, metrics
+
+    config = configs.apply_overrides(configs.get_config(args.config), overrides)
+    space = "digits_classifier" if config.data.dataset == "digits" else "inception_v3_fid"
+    data = experiment.dataset_from_config(_uncentered(config), args.split, config.eval.batch_size, shuffle=False,
+                                          num_epochs=1, drop_remainder=False)
+    stats = feature_spaces.compute_stats((b["image"] for b in data), space, weights=args.weights)
+    metrics.save_stats(args.out, stats)
+    print(f"{space} statistics of {config.data.dataset}/{args.split} ({stats.count} images) -> {args.out}")
+
+
+def cmd_configs(args, overrides):
+    from scoresde import configs
+
+    print("\n".join(configs.list_configs()))
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "likelihood": cmd_likelihood,
+    "ablate": cmd_ablate,
+    "evaluate": cmd_evaluate,
+    "fid-stats": cmd_fid_stats,
+    "configs": cmd_configs,
+}
+
+
+def main(argv=None):
+    from scoresde.experiment import UserError
+
+    overrides, rest = _split_overrides(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(rest)
+    if overrides and args.command not in ("train", "fid-stats"):
+        raise SystemExit(f"scoresde: error: config overrides apply to train and fid-stats only, got {overrides[0]!r}")
+    try:
+        COMMANDS[args.command](args, overrides)
+    except UserError as err:
+        raise SystemExit(f"scoresde: error: {err}") from None
+    except ValueError as err:
+        # Config/override mistakes raise ValueError with a message made for the user.
+        if _is_user_value_error(err):
+            raise SystemExit(f"scoresde: error: {err}") from None
+        raise
+    except KeyboardInterrupt:
+        raise SystemExit("scoresde: interrupted") from None
+
+
+def _is_user_value_error(err) -> bool:
+    text = str(err).lower()
+    return any(word in text for word in ("unknown", "did you mean", "expected", "valid", "must be"))
+
+
+if __name__ == "__main__":
+    main()

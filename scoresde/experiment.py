@@ -1,0 +1,185 @@
+"""From an experiment config to the toolkit's objects, and from a workdir back to them.
+
+This is the edge where configs live: the core functions (sde_lib, models, losses,
+train, samplers, likelihood) take explicit arguments, and this module reads the
+`ml_collections` config (the reference's layout) to build them.
+
+A workdir holds `config.json` (the resolved config the run was started with),
+`checkpoints/` and `checkpoints-meta/`, `metrics.jsonl`, `tensorboard/`, `samples/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from scoresde import datasets, models, sde_lib
+from scoresde.models.utils import _MODELS
+
+
+class UserError(Exception):
+    """A mistake the user can fix: the CLI prints its one-line message, no traceback."""
+
+
+# ----------------------------------------------------------------------------- config -> objects
+
+
+def sde_from_config(config) -> sde_lib.SDE:
+    """training.sde with the model's noise parameters and N = model.num_scales."""
+    name, m = config.training.sde.lower(), config.model
+    if name in ("vpsde", "subvpsde"):
+        return sde_lib.get_sde(name, beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+    if name == "vesde":
+        return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+    if name == "cosinevpsde":
+        return sde_lib.CosineVPSDE(N=m.num_scales)
+    raise UserError(f"Unknown training.sde {config.training.sde!r}; valid: vpsde, subvpsde, vesde, cosinevpsde.")
+
+
+def _tuplify(value):
+    return tuple(_tuplify(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def model_from_config(config):
+    """The registered network `model.name`, its fields filled from config.model, then config.data."""
+    name = config.model.name
+    if name not in _MODELS:
+        raise UserError(f"Unknown model.name {name!r}; valid: {', '.join(models.model_names())}.")
+    kwargs = {}
+    for field in dataclasses.fields(_MODELS[name]):
+        if field.name in ("parent", "name"):
+            continue
+        for section in (config.model, config.data):
+            if field.name in section:
+                kwargs[field.name] = _tuplify(section[field.name])
+                break
+    return models.get_model(name, **kwargs)
+
+
+def dataset_from_config(config, split: str, batch_size: int | None = None, **kwargs):
+    """`datasets.get_dataset` with the config's data settings. A missing data set is a UserError."""
+    d = config.data
+    try:
+        return datasets.get_dataset(
+            d.dataset,
+            split,
+            batch_size or config.training.batch_size,
+            image_size=d.get("image_size"),
+            centered=d.get("centered", False),
+            random_flip=d.get("random_flip") if split == "train" else False,
+            uniform_dequantization=d.get("uniform_dequantization", False),
+            seed=config.seed,
+            **kwargs,
+        )
+    except (datasets.DatasetNotPreparedError, FileNotFoundError) as err:
+        raise UserError(str(err)) from err
+
+
+def data_shape(config) -> tuple[int, ...]:
+    """The shape of one example: (image_size, image_size, num_channels), or (dim,) for 2-D toys."""
+    d = config.data
+    if "dim" in d and d.dim:
+        return (d.dim,)
+    return (d.image_size, d.image_size, d.num_channels)
+
+
+def is_image_data(config) -> bool:
+    return len(data_shape(config)) == 3
+
+
+def train_kwargs(config) -> dict:
+    """The keyword arguments of `train.train` from training.*, optim.* and model.ema_rate."""
+    t, o = config.training, config.optim
+    return dict(
+        n_iters=t.n_iters,
+        continuous=t.continuous,
+        reduce_mean=t.reduce_mean,
+        likelihood_weighting=t.likelihood_weighting,
+        parameterization=config.model.get("parameterization"),
+        log_freq=t.log_freq,
+        eval_freq=t.eval_freq,
+        snapshot_freq=t.snapshot_freq,
+        snapshot_freq_for_preemption=t.snapshot_freq_for_preemption,
+        n_jitted_steps=t.n_jitted_steps,
+        lr=o.lr,
+        warmup=o.warmup,
+        grad_clip=o.grad_clip,
+        beta1=o.beta1,
+        optim_eps=o.eps,
+        weight_decay=o.weight_decay,
+        ema_rate=config.model.ema_rate,
+        seed=config.seed,
+    )
+
+
+# ----------------------------------------------------------------------------- workdirs
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def save_config(workdir: str, config):
+    os.makedirs(workdir, exist_ok=True)
+    tmp = config_path(workdir) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json(indent=2))
+    os.replace(tmp, config_path(workdir))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    if not os.path.isdir(workdir):
+        raise UserError(f"No workdir {workdir!r}. Train first: scoresde train --config <name> --workdir {workdir}")
+    if not os.path.exists(config_path(workdir)):
+        raise UserError(f"{workdir!r} has no config.json: it is not a scoresde workdir (train into it first).")
+    with open(config_path(workdir)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.lock()
+    return config
+
+
+def load_ema_params(workdir: str, config, step: int | None = None):
+    """The EMA parameters of the latest (or given) checkpoint in `workdir`, and its step."""
+    from scoresde import checkpoints, train
+
+    with checkpoints.CheckpointManager(workdir, async_save=False, read_only=True) as manager:
+        if manager.latest() is None:
+            raise UserError(
+                f"{workdir!r} has no checkpoint yet. Train first: scoresde train --workdir {workdir} "
+                "(it resumes from config.json)."
+            )
+        sde, model = sde_from_config(config), model_from_config(config)
+        kw = train_kwargs(config)
+        optimizer = train.get_optimizer(
+            kw["lr"], kw["warmup"], kw["grad_clip"], kw["beta1"], kw["optim_eps"], weight_decay=kw["weight_decay"]
+        )
+        target = train.init_train_state(
+            model, sde, jax.random.PRNGKey(0), data_shape(config), optimizer, config.training.continuous
+        )
+        state, _ = manager.restore(target, step=step)
+    return state.ema_params, int(state.step)
+
+
+def load_score_fn(workdir: str, step: int | None = None):
+    """(config, sde, score_fn, step) for the EMA model of a trained workdir."""
+    config = load_config(workdir)
+    sde, model = sde_from_config(config), model_from_config(config)
+    params, step = load_ema_params(workdir, config, step)
+    score_fn = models.get_score_fn(
+        sde, model, params, train=False, continuous=config.training.continuous,
+        parameterization=config.model.get("parameterization"),
+    )
+    return config, sde, score_fn, step
+
+
+def to_unit_range(x, config):
+    """Model-space samples to [0, 1] images (clipped), or unchanged 2-D points."""
+    if not is_image_data(config):
+        return x
+    x = (x + 1.0) / 2.0 if config.data.get("centered", False) else x
+    return jnp.clip(x, 0.0, 1.0)
