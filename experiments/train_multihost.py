@@ -104,6 +104,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the workers")
     p.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -116,17 +117,31 @@ def main():
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     t0 = time.time()
-    procs = []
+    procs, logs = [], []
     for i in range(2):
-        cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps), "--workdir", os.path.join(root, "two"),
-               "--process-id", str(i), "--port", str(port), "--out", os.path.join(root, f"params_{i}.npz")]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+        cmd = [sys.executable, "-u", __file__, "--worker", "--steps", str(args.steps), "--workdir",
+               os.path.join(root, "two"), "--process-id", str(i), "--port", str(port),
+               "--out", os.path.join(root, f"params_{i}.npz")]
+        logs.append(open(os.path.join(root, f"worker_{i}.log"), "w+"))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
+    deadline = time.time() + args.timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            print(f"worker pid {proc.pid} still running after {args.timeout} s: killing it")
+            proc.kill()
+            proc.wait()
     t_two = time.time() - t0
-    for i, (proc, out) in enumerate(zip(procs, outputs)):
-        if proc.returncode:
-            print(out)
-            raise SystemExit(f"worker {i} failed with exit code {proc.returncode}")
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    if any(proc.returncode for proc in procs):
+        for i, (proc, out) in enumerate(zip(procs, outputs)):
+            print(f"----- worker {i} (exit code {proc.returncode}):\n{out[-6000:]}")
+        raise SystemExit("a worker failed")
     reports = [json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]) for out in outputs]
     t0 = time.time()
     single = subprocess.run(

@@ -152,7 +152,11 @@ def run_grid(
             else:
                 opts["num_steps"] = steps
         run = lambda: registry.sample(key, sde, score_fn, shape, name, **opts)  # noqa: E731
-        x, used = run()
+        try:
+            x, used = run()
+        except ValueError as err:  # a setting the sampler does not support (e.g. too few steps)
+            tqdm.write(f"skipped {name} {opts}: {err}")
+            continue
         jax.block_until_ready(x)
         wall = math.inf
         for _ in range(time_repeats):

@@ -37,13 +37,16 @@ def abstract_like(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _manager(directory: str, max_to_keep: int | None, async_save: bool, read_only: bool) -> ocp.CheckpointManager:
+def _manager(directory: str, max_to_keep: int | None, async_save: bool, read_only: bool, name: str):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=not read_only,
         cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=async_save,
         read_only=read_only,
+        # Two managers run side by side: their cross-process barriers need distinct keys
+        # (with shared keys, two processes could pair up different managers' barriers).
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"scoresde_{name}"),
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
 
@@ -62,8 +65,8 @@ class CheckpointManager:
 
     def __init__(self, workdir: str, max_to_keep: int | None = None, async_save: bool = True, read_only: bool = False):
         self.workdir = os.path.abspath(workdir)
-        self.periodic = _manager(os.path.join(self.workdir, PERIODIC_DIR), max_to_keep, async_save, read_only)
-        self.meta = _manager(os.path.join(self.workdir, META_DIR), 1, async_save, read_only)
+        self.periodic = _manager(os.path.join(self.workdir, PERIODIC_DIR), max_to_keep, async_save, read_only, "periodic")
+        self.meta = _manager(os.path.join(self.workdir, META_DIR), 1, async_save, read_only, "meta")
 
     def _get(self, kind: str) -> ocp.CheckpointManager:
         if kind not in ("periodic", "meta"):
@@ -73,6 +76,9 @@ class CheckpointManager:
     def save(self, step: int, state, data_state: dict | None = None, kind: str = "periodic") -> bool:
         """Save `state` and the data position at `step`; False if that step is already saved."""
         manager = self._get(kind)
+        # One save in flight at a time: the other manager's background finalization is
+        # done first, so every process runs the same sequence of orbax operations.
+        self._get("meta" if kind == "periodic" else "periodic").wait_until_finished()
         latest = manager.latest_step()
         if latest is not None and latest >= step:
             return False

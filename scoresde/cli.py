@@ -485,6 +485,9 @@ COMMANDS = {
 
 
 def main(argv=None):
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only notices
     from scoresde.experiment import UserError
 
     overrides, rest = _split_overrides(sys.argv[1:] if argv is None else argv)

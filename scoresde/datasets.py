@@ -60,6 +60,7 @@ TFDS_NAMES = {
     "svhn": "svhn_cropped",
     "celeb_a": "celeb_a",
     "celeba": "celeb_a",
+    "cifar-10": "cifar10",
     "mnist": "mnist",
     "fashion_mnist": "fashion_mnist",
 }
@@ -215,8 +216,12 @@ class TFDSSource:
     def get_batch(self, indices: np.ndarray):
         images = np.empty((len(indices),) + self.element_shape, np.float32)
         labels = np.zeros(len(indices), np.int32)
-        for j, i in enumerate(indices):
-            record = self.source[int(i)]
+        keys = [int(i) for i in indices]
+        try:  # one batched read where the source supports it
+            records = self.source.__getitems__(keys)
+        except Exception:  # noqa: BLE001  (e.g. tfds' mock sources)
+            records = [self.source[i] for i in keys]
+        for j, (i, record) in enumerate(zip(keys, records)):
             img = self.preprocess(np.asarray(record["image"]))
             if img.shape != self.element_shape:
                 raise ValueError(f"record {i} preprocesses to shape {img.shape}, expected {self.element_shape}.")
@@ -597,8 +602,9 @@ def get_dataset(
 
     Args:
       name: a TFDS name (cifar10, svhn_cropped, celeb_a, lsun/<category>, mnist,
-        fashion_mnist), "digits", "toy:<name>" (or a toy's bare name), or a path to a
-        folder of PNG/JPEG images or to an .npz file.
+        fashion_mnist; case-insensitive, so the reference's CIFAR10, SVHN and CELEBA
+        work), "digits", "toy:<name>" (or a toy's bare name), or a path to a folder of
+        PNG/JPEG images or to an .npz file.
       split: "train" or "test" ("eval"; CelebA and LSUN use their validation split).
         For digits the split of `digits_split(seed=0)`; for folders and .npz files
         and toys, the same data whatever the split.
@@ -611,7 +617,9 @@ def get_dataset(
       shuffle: default True for "train", False otherwise.
       seed: the seed of shuffling, flips and dequantization (toys: of the samples).
       num_epochs: None runs forever (default for "train"); evaluation defaults to 1.
-      drop_remainder: drop the last incomplete batch of each epoch.
+      drop_remainder: drop the last incomplete batch of each epoch (keep it for a
+        full evaluation pass in one process; with several processes the last batch
+        would be split unevenly).
       uniform_dequantization: add U(0, 1)/256 noise to 8-bit data (the reference's
         `data.uniform_dequantization`).
       num_channels: for image folders that mix grey and colour images.
@@ -620,6 +628,8 @@ def get_dataset(
     """
     train = split == "train"
     kwargs = dict(process_index=process_index, process_count=process_count)
+    if not os.path.exists(name):
+        name = name.lower()  # the reference configs spell CIFAR10, SVHN, CELEBA
     toy_name = name[4:] if name.startswith("toy:") else name
     from scoresde import analytic
 

@@ -46,30 +46,23 @@ def _flat(x):
     return jnp.reshape(x, (x.shape[0], -1))
 
 
-def exact_divergence(fn, x):
-    """div fn at x `(B, ...)` -> `(B,)`: the trace of the per-example Jacobian, by D JVPs.
+def drift_and_divergence(fn, x, probes=None):
+    """fn(x) `(B, ...)` and its divergence `(B,)`, from one linearization of fn at x.
 
-    `fn` must act on each example independently (as a score network in eval mode does).
+    With `probes` `(P, B, ...)`: the Skilling--Hutchinson estimate, the mean over probes of
+    v^T (d fn/dx) v. Without: the exact trace of the per-example Jacobian, by D JVPs
+    (`fn` must act on each example independently, as a score network in eval mode does).
     """
+    fx, jvp = jax.linearize(fn, x)
+    if probes is not None:
+        return fx, jnp.mean(jax.lax.map(lambda v: jnp.sum(_flat(jvp(v) * v), axis=1), probes), axis=0)
     dim = math.prod(x.shape[1:])
 
     def diagonal_entry(i):
         basis = jnp.zeros((dim,), x.dtype).at[i].set(1.0)
-        tangent = jnp.broadcast_to(jnp.reshape(basis, x.shape[1:]), x.shape)
-        _, jvp = jax.jvp(fn, (x,), (tangent,))
-        return _flat(jvp)[:, i]
+        return _flat(jvp(jnp.broadcast_to(jnp.reshape(basis, x.shape[1:]), x.shape)))[:, i]
 
-    return jnp.sum(jax.lax.map(diagonal_entry, jnp.arange(dim)), axis=0)
-
-
-def hutchinson_divergence(fn, x, probes):
-    """Mean over probes `(P, B, ...)` of v^T (d fn/dx) v `(B,)` (Skilling--Hutchinson)."""
-
-    def estimate(v):
-        _, jvp = jax.jvp(fn, (x,), (v,))
-        return jnp.sum(_flat(jvp * v), axis=1)
-
-    return jnp.mean(jax.lax.map(estimate, probes), axis=0)
+    return fx, jnp.sum(jax.lax.map(diagonal_entry, jnp.arange(dim)), axis=0)
 
 
 def _probes(key, divergence, num_probes, shape, dtype):
@@ -124,15 +117,10 @@ def log_likelihood(
 )
 def _log_likelihood(key, sde, score_fn, x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps):
     drift = probability_flow_drift(sde, score_fn)
-    if divergence != "exact":
-        probes = _probes(key, divergence, num_probes, x.shape, x.dtype)
+    probes = None if divergence == "exact" else _probes(key, divergence, num_probes, x.shape, x.dtype)
 
     def augmented(t, state):
-        x, _ = state
-        fn = functools.partial(drift, t)
-        if divergence == "exact":
-            return fn(x), exact_divergence(fn, x)
-        return fn(x), hutchinson_divergence(fn, x, probes)
+        return drift_and_divergence(functools.partial(drift, t), state[0], probes)
 
     state0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     (z, delta), nfe, ok = ode.solve_ode(augmented, state0, eps, sde.T, method, rtol, atol, num_steps, max_steps)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -124,9 +123,10 @@ def init_train_state(
     As the reference: `key` is split into the initialization key and the state's key.
     """
 
-    def init(key):
+    def init(key, p):
         rng, k_init = jax.random.split(key)
-        p = init_params(model, sde, k_init, example_shape, continuous) if params is None else params
+        if p is None:
+            p = init_params(model, sde, k_init, example_shape, continuous)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=p,
@@ -135,7 +135,8 @@ def init_train_state(
             rng=rng,
         )
 
-    return jax.jit(init, out_shardings=parallel.replicated())(key)
+    # Given parameters are an argument (not a closure constant baked into the program).
+    return jax.jit(init, out_shardings=parallel.replicated())(key, params)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -257,6 +258,17 @@ def _next_batch(data: Iterator, n: int):
     return batches[0] if n == 1 else np.stack(batches)
 
 
+def _next_eval(data):
+    """The next evaluation batch; a finished evaluation iterator starts over."""
+    try:
+        return next(data)
+    except StopIteration:
+        if not hasattr(data, "set_state"):
+            raise
+        data.set_state({"epoch": 0, "index": 0})
+        return next(data)
+
+
 def _data_state(data) -> dict:
     return data.get_state() if hasattr(data, "get_state") else {}
 
@@ -319,12 +331,13 @@ def train(
         position is checkpointed and restored too.
       workdir: checkpoints (`checkpoints/`, `checkpoints-meta/`) and `metrics.jsonl`.
       n_iters: total number of optimizer steps.
-      eval_iter: optional (infinite) iterator; the EMA loss on one of its batches is
-        logged every `eval_freq` steps.
+      eval_iter: optional iterator (one from `get_dataset` starts over when it ends);
+        the EMA parameters' loss on its next batch is logged every `eval_freq` steps.
       example_shape: shape of one example (default: the iterator's `element_shape`).
       init_params: start from these parameters instead of a fresh initialization.
       on_snapshot: `on_snapshot(state, step)`, called on every process after each
-        periodic checkpoint (e.g. for sample grids).
+        periodic checkpoint (e.g. for sample grids). The next step donates `state`'s
+        buffers: use it inside the hook, do not keep it.
       on_log: `on_log(step, metrics)`, called on every process at each log.
       progress: show a tqdm bar (process 0).
       handle_signals: SIGTERM / SIGINT save a preemption checkpoint and return.
@@ -398,6 +411,7 @@ def train(
     pending: list[dict] = []  # device metrics not yet checked
     last_good = step  # all losses up to here are known finite
     t_log, step_log = time.perf_counter(), step
+    paused = 0.0  # seconds spent in evaluation and hooks since the last log (not training)
 
     def write(record):
         if metrics_file is not None:
@@ -417,8 +431,8 @@ def train(
         bad = ~(np.isfinite(loss) & np.isfinite(gnorm))
         if bad.any():
             at = first + int(np.argmax(bad))
-            saved = ckpt.latest()
             ckpt.wait_until_finished()
+            saved = ckpt.latest()
             where = f"the last good checkpoint is step {saved[0]} in {workdir}" if saved else "no checkpoint was saved"
             raise NonFiniteLossError(
                 f"Non-finite training loss or gradient at step {at} (loss={loss[np.argmax(bad)]}, "
@@ -448,8 +462,8 @@ def train(
             if step % log_freq == 0 or step == n_iters:
                 summary = check_pending()
                 now = time.perf_counter()
-                rate = (step - step_log) / max(now - t_log, 1e-9)
-                t_log, step_log = now, step
+                rate = (step - step_log) / max(now - t_log - paused, 1e-9)
+                t_log, step_log, paused = now, step, 0.0
                 record = {
                     "step": step,
                     **summary,
@@ -463,11 +477,16 @@ def train(
                     postfix.update(loss=f"{summary['loss']:.4g}", img_s=f"{rate * examples_per_step:.1f}")
                     bar.set_postfix(postfix)
                 if on_log is not None:
+                    t_hook = time.perf_counter()
                     on_log(step, record)
+                    paused += time.perf_counter() - t_hook
 
             if p_eval is not None and step % eval_freq == 0:
-                eval_batch = put_batch(losses_lib.batch_images(next(eval_iter)))
+                jax.block_until_ready(state.step)  # so that the pause excludes training work
+                t_hook = time.perf_counter()
+                eval_batch = put_batch(losses_lib.batch_images(_next_eval(eval_iter)))
                 eval_loss = float(p_eval(state, eval_batch))
+                paused += time.perf_counter() - t_hook
                 write({"step": step, "eval_loss": eval_loss})
                 if bar is not None:
                     postfix.update(eval_loss=f"{eval_loss:.4g}")
@@ -476,7 +495,10 @@ def train(
             if step % snapshot_freq == 0 or step == n_iters:
                 save("periodic")
                 if on_snapshot is not None:
+                    jax.block_until_ready(state.step)
+                    t_hook = time.perf_counter()
                     on_snapshot(state, step)
+                    paused += time.perf_counter() - t_hook
             elif step % snapshot_freq_for_preemption == 0:
                 save("meta")
 
@@ -504,6 +526,3 @@ def train(
             metrics_file.close()
     return state
 
-
-def count_params(params) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -167,22 +167,21 @@ def _chain_times(sde):
 @functools.partial(jax.jit, static_argnums=0)
 def _chain_steps(sdes, times):
     """For each SDE (one per N): discretize at x = 1 and x = 2 for every step (one per
-    batch entry), and the VP chain's index."""
+    batch entry), and the VP chain's index; and the marginal coefficients at T."""
     out = []
     for sde, t in zip(sdes, times):
         ones = jnp.ones_like(t)
         index = sde._index(t) if isinstance(sde, sde_lib.VariancePreserving) else jnp.arange(sde.N)
         out.append((sde.discretize(ones, t), sde.discretize(2.0 * ones, t), index))
-    return out
+    return out, sdes[0].marginal_coeffs(jnp.full((1,), sdes[0].T))
 
 
 @sde_params_ve5
 def test_discretization_converges_to_marginal(sde, x64):
-    s_T, std_T = (float(c[0]) for c in sde.marginal_coeffs(jnp.full(1, sde.T)))
-    var_T = std_T**2
     chains = tuple(sde.with_steps(N) for N in CHAIN_STEPS)
     assert [chain.N for chain in chains] == list(CHAIN_STEPS)
-    steps = _chain_steps(chains, [jnp.asarray(_chain_times(chain)) for chain in chains])
+    steps, (s_T, std_T) = _chain_steps(chains, [_chain_times(chain) for chain in chains])
+    s_T, var_T = float(s_T[0]), float(std_T[0]) ** 2
     errors = []
     for N, ((f, G), (f2, G2), index) in zip(CHAIN_STEPS, steps):
         np.testing.assert_array_equal(index, np.arange(N))
@@ -432,10 +431,11 @@ def _results(sde, x64):
         if not x64:
             out = _float32_results(sde, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32),
                                    jnp.asarray(t_grid, jnp.float32))
-            return out
+            return jax.tree.map(np.asarray, out)  # numpy keeps the dtypes the tests check
         s, sigma = sde.marginal_coeffs(jnp.asarray(t_grid[[1, -1]]))
         r_grid = np.geomspace(*np.asarray(sigma / s), 25)
-        out = _float64_results(sde, jnp.asarray(x), jnp.asarray(t), jnp.asarray(t_grid), jnp.asarray(r_grid))
+        out = jax.tree.map(np.asarray, _float64_results(sde, jnp.asarray(x), jnp.asarray(t), jnp.asarray(t_grid),
+                                                        jnp.asarray(r_grid)))
         out["r_grid"] = r_grid
         return out
 

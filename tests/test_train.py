@@ -113,8 +113,10 @@ def test_n_jitted_steps_scan_equals_single_steps():
     step_fn = train.make_train_step(losses.get_loss_fn(sde, model, train=True), opt, ema_rate=0.99)
     batches = np.random.default_rng(0).uniform(-1, 1, (3, 8, 4, 4, 1)).astype(np.float32)
 
-    def fresh():
-        return train.init_train_state(model, sde, jax.random.PRNGKey(1), (4, 4, 1), opt)
+    init = train.init_train_state(model, sde, jax.random.PRNGKey(1), (4, 4, 1), opt)
+
+    def fresh():  # a copy: the compiled steps donate (delete) the state they are given
+        return jax.tree.map(jnp.copy, init)
 
     one = train.compile_step(step_fn, 1)
     s1, losses1 = fresh(), []

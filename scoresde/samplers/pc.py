@@ -205,6 +205,13 @@ def pc_sample(
         raise ValueError(f"n_steps (corrector iterations per step) must be an integer >= 0, got {n_steps!r}.")
     sde = sde.with_steps(num_steps)
     pred.build(sde, score_fn)  # fails early for a predictor the SDE does not support
+    uses_chain = predictor in ("reverse_diffusion", "ancestral_sampling") or corrector != "none"
+    if uses_chain and isinstance(sde, sde_lib.VariancePreserving) and sde.discrete_betas.max() >= 1.0:
+        raise ValueError(
+            f"With N={sde.N} steps the DDPM chain of this VP SDE has betas >= 1 (beta_max/N = "
+            f"{sde.discrete_betas.max():.3g}), so {predictor}/{corrector} are undefined. Use more steps "
+            "or predictor='euler_maruyama', corrector='none'."
+        )
     parallel.check_divisible(shape[0])
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
     x = _pc_loop(key, sde, score_fn, tuple(shape), predictor, corrector, jnp.asarray(snr), n_steps, eps, denoise)

@@ -1,0 +1,39 @@
+"""The DDPM network on CIFAR-10 with the continuous VP SDE: score_sde configs/vp/ddpm/cifar10_continuous.py."""
+
+from scoresde.configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+
+  # training
+  training = config.training
+  training.sde = 'vpsde'
+  training.continuous = True
+  training.reduce_mean = True
+
+  # sampling
+  sampling = config.sampling
+  sampling.method = 'pc'
+  sampling.predictor = 'euler_maruyama'
+  sampling.corrector = 'none'
+
+  # data
+  data = config.data
+  data.centered = True
+
+  # model
+  model = config.model
+  model.name = 'ddpm'
+  model.scale_by_sigma = False
+  model.ema_rate = 0.9999
+  model.normalization = 'GroupNorm'
+  model.nonlinearity = 'swish'
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)
+  model.resamp_with_conv = True
+  model.conditional = True
+
+  return config
