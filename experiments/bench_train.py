@@ -140,9 +140,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["digits", "cifar"])
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test)")
+    p.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     cfgs = configs(args.quick)
+    if args.rounds:
+        for cfg in cfgs.values():
+            cfg["rounds"] = args.rounds
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}, backend {jax.default_backend()}, "
           f"{jax.device_count()} device(s); load average {os.getloadavg()[0]:.1f}", flush=True)
     results = []

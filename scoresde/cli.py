@@ -58,13 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
     p.add_argument("--divergence", default="rademacher")
+    p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerances (the reference's 1e-5)")
+    p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("ablate", help="samplers x NFE (x snr) grid: CSV, markdown table, PNG plot")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir")
     src.add_argument("--target", help="an analytic target: " + ", ".join(_toy_names()))
-    p.add_argument("--samplers", default="euler_maruyama,pc,ode_heun,ddim,edm_heun,dpm_solver++")
+    p.add_argument("--samplers", default="euler_maruyama,ddim,edm_heun,dpm_solver++,dpm_solver")
     p.add_argument("--nfes", default="10,20,50,100")
     p.add_argument("--snrs", default=None, help="comma-separated snr values, swept for pc samplers")
     p.add_argument("--num", type=int, default=None, help="samples per run")
@@ -297,8 +299,10 @@ def cmd_likelihood(args, overrides):
     report = likelihood.evaluate_bpd(
         jax.random.PRNGKey(args.seed), sde, score_fn, images, batch, num_bins=num_bins,
         centered=config.data.centered, num_passes=args.passes, divergence=args.divergence,
+        rtol=args.rtol, atol=args.atol,
     )
-    report.update(split=args.split, step=step, divergence=args.divergence, workdir=args.workdir)
+    report.update(split=args.split, step=step, divergence=args.divergence, rtol=args.rtol, atol=args.atol,
+                  workdir=args.workdir)
     os.makedirs(os.path.join(args.workdir, "eval"), exist_ok=True)
     path = _write_json(os.path.join(args.workdir, "eval", f"bpd_{args.split}_step{step}.json"), report)
     print(f"{args.split} bits/dim: {report['bpd']:.4f} ± {report['bpd_stderr']:.4f} "

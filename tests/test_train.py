@@ -351,3 +351,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state, _ = mgr.restore(target)
     assert int(state.step) == 6
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+
+
+# ----------------------------------------------------------------------------- registered networks
+
+
+@pytest.mark.parametrize(
+    "sde, continuous, embedding",
+    [(sde_lib.VESDE(sigma_max=5.0), True, "fourier"), (sde_lib.VPSDE(N=100), False, "positional")],
+    ids=["ve-continuous", "ddpm-discrete"],
+)
+def test_registered_mlp_learns_toy_data(tmp_path, sde, continuous, embedding):
+    """The loop with `get_model("mlp")` on 2-D toy data: the loss goes down."""
+    from scoresde.models import get_model
+
+    model = get_model("mlp", hidden=64, num_layers=2, embedding_type=embedding)
+    data = datasets.get_dataset("toy:8gaussians", batch_size=256)
+    train.train(model, sde, data, str(tmp_path), n_iters=60, log_freq=20, snapshot_freq=60,
+                snapshot_freq_for_preemption=60, lr=2e-3, warmup=0, reduce_mean=True, continuous=continuous,
+                progress=False)
+    loss = [r["loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))]
+    assert len(loss) == 3 and all(np.isfinite(loss))
+    assert loss[-1] < 0.97 * loss[0], loss

@@ -17,12 +17,12 @@ def get_default_configs():
   # training
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 128
-  # About 5-6 minutes on 2 CPU cores; the main knob for a longer or shorter run.
-  training.n_iters = 3000
+  # About 5 minutes on 2 CPU cores (the quick start); the main knob for a longer run.
+  training.n_iters = 1000
   training.snapshot_freq = 1000
   training.log_freq = 50
   training.eval_freq = 100
-  training.snapshot_freq_for_preemption = 500
+  training.snapshot_freq_for_preemption = 250
   training.snapshot_sampling = True
   training.likelihood_weighting = False
   training.continuous = True
