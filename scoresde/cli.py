@@ -5,7 +5,7 @@
     scoresde likelihood --workdir runs/digits --split test [--passes 5]
     scoresde ablate --workdir runs/digits | --target 8gaussians [--samplers ... --nfes ...]
     scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]
-    scoresde fid-stats --config cifar10_ddpmpp_continuous --out stats.npz
+    scoresde fid-stats --config vp/cifar10_ddpmpp_continuous --out stats.npz
     scoresde configs
 
 Every mistake a user can make (a missing workdir or checkpoint, a data set that is

@@ -351,13 +351,17 @@ def train(
         eval_freq=eval_freq,
         snapshot_freq=snapshot_freq,
         snapshot_freq_for_preemption=snapshot_freq_for_preemption,
-        n_iters=n_iters,
     ).items():
         if freq <= 0 or freq % n_jitted_steps:
             raise ValueError(
                 f"training.{name}={freq} must be a positive multiple of n_jitted_steps={n_jitted_steps} "
                 "(steps run in groups of n_jitted_steps)."
             )
+    if n_iters <= 0:
+        raise ValueError(f"training.n_iters must be positive, got {n_iters}.")
+    # As the reference, the last group of n_jitted_steps may run past n_iters (its configs
+    # use n_iters = 1 + a multiple of n_jitted_steps).
+    n_iters = -(-n_iters // n_jitted_steps) * n_jitted_steps
     ema_rate = default_ema_rate(sde) if ema_rate is None else float(ema_rate)
     if example_shape is None:
         example_shape = getattr(train_iter, "element_shape", None)

@@ -197,7 +197,7 @@ def _unknown_key(config, parts, i) -> ValueError:
     full = ".".join(parts)
     keys = list(node.keys())
     close = difflib.get_close_matches(parts[i], keys, n=3, cutoff=0.6)
-    suggestions = [".".join(parts[:i] + [c]) for c in close]
+    suggestions = [".".join(parts[:i] + [c] + parts[i + 1 :]) for c in close]
     if not suggestions:
         # The same (or a close) leaf name elsewhere, e.g. training.lr -> optim.lr.
         leaves = list(_leaf_paths(config))
@@ -272,7 +272,9 @@ def _parse_sequence(text: str, current, path: str):
     for v in value:
         if elem_type is None:
             if not isinstance(v, (bool, int, float, str)):
-                raise ValueError(f"config.{path}: expected a {_type_name(container)} of numbers or strings, got {text!r}.")
+                raise ValueError(
+                    f"config.{path}: expected a {_type_name(container)} of numbers or strings, got {text!r}."
+                )
         elif elem_type is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         elif type(v) is not elem_type:
@@ -287,7 +289,8 @@ def parse_value(text: str, node, key: str, path: str):
     """Parse override text for `node[key]` (at dotted `path`), checked against its type."""
     current = node[key]
     if isinstance(current, ml_collections.ConfigDict):
-        raise ValueError(f"config.{path} is a section; set its fields instead, e.g. {path}.{next(iter(current.keys()), 'x')}=...")
+        example = f"{path}.{next(iter(current.keys()), 'x')}=..."
+        raise ValueError(f"config.{path} is a section; set its fields instead, e.g. {example}")
     if text.strip() in ("None", "null"):
         if not _is_nullable(node, key, path):
             raise ValueError(f"config.{path} cannot be None (expected {_type_name(current)}).")
@@ -446,6 +449,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"config.model.{k} is not read by the {name!r} network{hint}")
         for k in sorted(fields - set(config.model.keys()) - set(config.data.keys())):
-            problems.append(f"the {name!r} network's field {k!r} is missing from config.model (its default would be used)")
+            problems.append(
+                f"the {name!r} network's field {k!r} is missing from config.model (its default would be used)"
+            )
     if problems:
         raise ValueError("Invalid config " + repr(config.get("name", "")) + ":\n  " + "\n  ".join(problems))

@@ -130,7 +130,10 @@ def _edm_loop(key, sde, score_fn, z, num_steps, eps, rho, churn):
         gamma = jnp.where(in_range, jnp.minimum(S_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
         sigma_hat = jnp.minimum(sigma * (1.0 + gamma), sigmas[0])
         noise = jax.random.normal(jax.random.fold_in(key, i + 1), x.shape, x.dtype)
-        x_hat = x + jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0)) * S_noise * noise
+        # (sigma^ - sigma)(sigma^ + sigma), not sigma^^2 - sigma^2: XLA contracts the latter
+        # into an FMA that leaves sigma^2's rounding error, ~1e-4 sigma of noise after the
+        # sqrt when gamma = 0; the product is exactly 0 then, so S_churn = 0 is deterministic.
+        x_hat = x + jnp.sqrt(jnp.maximum((sigma_hat - sigma) * (sigma_hat + sigma), 0.0)) * S_noise * noise
         d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
         x_next = x_hat + (sigma_next - sigma_hat) * d
         d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
