@@ -52,11 +52,15 @@ def check_method(method: str, num_steps: int | None):
         raise ValueError(f"The fixed-step method {method!r} needs num_steps, an integer >= 1; got {num_steps!r}.")
 
 
-def _leafwise_rms_norm(y):
-    """max over the state's leaves of each leaf's RMS: with an augmented state (x, delta
-    logp) the tolerance binds delta as a whole instead of being diluted by x's entries."""
-    leaves = jax.tree_util.tree_leaves(y)
-    return functools.reduce(jnp.maximum, [jnp.sqrt(jnp.mean(jnp.square(leaf))) for leaf in leaves])
+def _error_norm(y):
+    """The step controller's error norm: RMS over the batch for each (B, ...) part of the
+    state, max over examples for per-example scalars (B,) such as delta log p, so that
+    the tolerance binds every example's log-likelihood rather than the batch's mean."""
+    norms = [
+        jnp.max(jnp.abs(leaf)) if leaf.ndim == 1 else jnp.sqrt(jnp.mean(jnp.square(leaf)))
+        for leaf in jax.tree_util.tree_leaves(y)
+    ]
+    return functools.reduce(jnp.maximum, norms)
 
 
 def solve_ode(vector_field, y0, t0, t1, method="tsit5", rtol=1e-5, atol=1e-5, num_steps=None, max_steps=16384):
@@ -74,7 +78,7 @@ def solve_ode(vector_field, y0, t0, t1, method="tsit5", rtol=1e-5, atol=1e-5, nu
     spec = METHODS[method]
     term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
     if spec.adaptive:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_leafwise_rms_norm)
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_error_norm)
         dt0, limit = None, max_steps
     else:
         controller, dt0, limit = diffrax.ConstantStepSize(), (t1 - t0) / num_steps, num_steps
