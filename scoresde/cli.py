@@ -353,13 +353,33 @@ def cmd_ablate(args, overrides):
     else:
         config, sde, score_fn, step = experiment.load_score_fn(args.workdir)
         shape = (args.num or 512,) + experiment.data_shape(config)
-        quality, metric, notes = _image_quality(config, shape[0])
+        if experiment.is_image_data(config):
+            quality, metric, notes = _image_quality(config, shape[0])
+        else:
+            quality, metric, notes = _toy_quality(config.data.dataset.removeprefix("toy:"), shape[0])
         prefix = args.out or os.path.join(args.workdir, "ablation")
         title = f"{config.data.dataset} ({config.training.sde}), step {step}"
     rows = ablation.run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)
     files = ablation.write_results(rows, prefix, metric, title, notes)
     print(open(prefix + ".md").read())
     print("wrote " + ", ".join(files))
+
+
+def _toy_quality(name, num):
+    """Exact per-mode quality for mixture toys; sliced W2 to fresh exact samples otherwise."""
+    import jax
+
+    from scoresde import ablation, analytic
+
+    target = analytic.toy_target(name)
+    if isinstance(target, analytic.GaussianMixture):
+        return ablation.exact_target_quality(target, jax.random.PRNGKey(1)), "fd_modes", (
+            "fd_modes: per-mode Frechet distance to the exact components of the target."
+        )
+    ref = target.sample(jax.random.PRNGKey(1), num)
+    return (lambda x: {"sw": ablation.sliced_wasserstein(jax.random.PRNGKey(2), x, ref)}), "sw", (
+        "sw: sliced W2 distance to exact samples of the target (of the same size)."
+    )
 
 
 def _image_quality(config, num):
