@@ -10,7 +10,7 @@ both solve the same augmented ODE, with the same score, batch, Hutchinson probes
 
 Reports NFE, wall time (best of repeats, after compilation) and the agreement of logp,
 for a cheap score (exact GMM, 16-D) and network-sized ones (random residual MLPs on
-the 64-D digits shape), and writes experiments/results/bench_likelihood.md.
+the 64-D digits shape; width 1024 with --large), and writes experiments/results/bench_likelihood.md.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--large", action="store_true", help="add a width-1024 MLP (slow on CPU)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_likelihood.md"))
     args = parser.parse_args()
     from ablate_samplers import machine  # noqa: E402  (same folder)
@@ -83,8 +84,9 @@ def main():
     cases = [
         ("exact GMM score, 16-D", gmm.score_fn(sde), gmm.sample(key, args.batch)),
         ("MLP width 256, 64-D", mlp_score(sde, 64, 256, key), jax.random.normal(key, (args.batch, 64))),
-        ("MLP width 1024, 64-D", mlp_score(sde, 64, 1024, key), jax.random.normal(key, (args.batch, 64))),
     ]
+    if args.large:
+        cases.append(("MLP width 1024, 64-D", mlp_score(sde, 64, 1024, key), jax.random.normal(key, (args.batch, 64))))
     lines = [
         "# Likelihood: on-device diffrax solve vs host-loop scipy RK45\n",
         f"Machine: {machine()}. VP SDE, batch {args.batch}, Hutchinson (Rademacher, 1 probe, the same "
