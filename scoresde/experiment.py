@@ -10,7 +10,6 @@ A workdir holds `config.json` (the resolved config the run was started with),
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from scoresde import datasets, models, sde_lib
-from scoresde.models.utils import _MODELS
+from scoresde.models.utils import model_kwargs
 
 
 class UserError(Exception):
@@ -48,17 +47,10 @@ def _tuplify(value):
 def model_from_config(config):
     """The registered network `model.name`, its fields filled from config.model, then config.data."""
     name = config.model.name
-    if name not in _MODELS:
+    if name not in models.model_names():
         raise UserError(f"Unknown model.name {name!r}; valid: {', '.join(models.model_names())}.")
-    kwargs = {}
-    for field in dataclasses.fields(_MODELS[name]):
-        if field.name in ("parent", "name"):
-            continue
-        for section in (config.model, config.data):
-            if field.name in section:
-                kwargs[field.name] = _tuplify(section[field.name])
-                break
-    return models.get_model(name, **kwargs)
+    kwargs = model_kwargs(name, config.data, config.model)  # model settings win over data's
+    return models.get_model(name, **{k: _tuplify(v) for k, v in kwargs.items()})
 
 
 def dataset_from_config(config, split: str, batch_size: int | None = None, **kwargs):
