@@ -212,4 +212,5 @@ def write_results(rows: list[dict], path_prefix: str, metric: str, title: str, n
 
 def _label(row):
     opts = {k: v for k, v in json.loads(row["options"]).items() if k != "num_steps"}
-    return row["sampler"] + (" " + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+    label = row["sampler"] + (" " + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+    return label + (f" w={row['guidance']:g}" if "guidance" in row else "")

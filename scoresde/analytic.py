@@ -32,10 +32,14 @@ class GaussianMixture:
       means: `(K, D)`.
       covs: `(K, D)` diagonal variances, or `(K, D, D)` full covariances (symmetric
         positive definite).
+      labels: optional class label `(K,)` of each component (ints in [0, num_classes)),
+        which makes the mixture a labelled data set with exact class-conditional scores
+        (`score_fn(sde, conditional=True)`) and an exact noisy classifier
+        (`class_log_prob_t`).
     Points are `(B, D)`, or `(B, ...)` with prod(...) = D (images are flattened).
     """
 
-    def __init__(self, weights, means, covs):
+    def __init__(self, weights, means, covs, labels=None):
         weights = np.asarray(weights, np.float64)
         means = np.asarray(means, np.float64)
         covs = np.asarray(covs, np.float64)
@@ -62,6 +66,15 @@ class GaussianMixture:
         self.eigvals = eigvals  # (K, D)
         self.eigvecs = np.array(eigvecs)  # (K, D, D), columns are eigenvectors
         self.dim = D
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
+        if self.labels is not None and (self.labels.shape != (K,) or self.labels.min() < 0):
+            raise ValueError(f"labels must be {K} non-negative class indices, got {labels}.")
+
+    @property
+    def num_classes(self) -> int:
+        if self.labels is None:
+            raise ValueError("This mixture has no labels; pass labels=(K,) class indices.")
+        return int(self.labels.max()) + 1
 
     @property
     def num_components(self) -> int:
@@ -110,26 +123,57 @@ class GaussianMixture:
         log_comp, *_ = self._component_terms(jnp.reshape(x, (x.shape[0], -1)), s, sigma)
         return jax.nn.softmax(log_comp, axis=-1)
 
-    def score_fn(self, sde: SDE):
+    def class_log_prob_t(self, x, t, sde: SDE):
+        """log p_t(y | x(t) = x), `(B, num_classes)`: the exact noisy classifier of a labelled
+        mixture, log sum_{k: label_k = y} p_t(k | x)."""
+        s, sigma = sde.marginal_coeffs(jnp.asarray(t, x.dtype))
+        log_comp, *_ = self._component_terms(jnp.reshape(x, (x.shape[0], -1)), s, sigma)
+        log_post = jax.nn.log_softmax(log_comp, axis=-1)  # (B, K)
+        in_class = jnp.asarray(self.labels[None, :] == np.arange(self.num_classes)[:, None])  # (C, K)
+        return jax.nn.logsumexp(jnp.where(in_class[None], log_post[:, None, :], -jnp.inf), axis=-1)
+
+    def score_fn(self, sde: SDE, conditional: bool = False):
         """The exact score grad_x log p_t(x), as a `score_fn(x, t) -> (B, ...)`.
 
         grad log p_t(x) = -sum_k r_k(x) C_k^{-1} (x - s mu_k), with r_k the posterior
         responsibilities and C_k = s^2 Sigma_k + sigma^2 I.
+
+        conditional=True (a labelled mixture): `score_fn(x, t, y=None)` with class labels
+        y `(B,)`, the exact grad_x log p_t(x | y): the same sum over the components of
+        class y only. y = None, or -1 for an example, gives the unconditional score.
         """
 
-        def score(x, t):
+        def score(x, t, y=None):
             flat = jnp.reshape(x, (x.shape[0], -1))
             s, sigma = sde.marginal_coeffs(jnp.asarray(t, x.dtype))
             log_comp, proj, var, U = self._component_terms(flat, s, sigma)
+            if y is not None:
+                labels = jnp.asarray(self.labels)
+                keep = (y[:, None] < 0) | (labels[None, :] == y[:, None])  # (B, K)
+                log_comp = jnp.where(keep, log_comp, -jnp.inf)
             resp = jax.nn.softmax(log_comp, axis=-1)  # (B, K)
             weighted = resp[..., None] * proj / var  # (B, K, D), in eigen-coordinates
             return jnp.reshape(-jnp.einsum("bke,kde->bd", weighted, U), x.shape)
 
-        return score
+        if conditional:
+            self.num_classes  # raises for an unlabelled mixture
+            return score
+        return lambda x, t: score(x, t)
 
     def component(self, k: int) -> "GaussianMixture":
         """The k-th component alone, as a one-component mixture (a class-conditional target)."""
         return GaussianMixture([1.0], self.means[k : k + 1], self.covs[k : k + 1])
+
+    def class_conditional(self, y: int) -> "GaussianMixture":
+        """p(x | y) of a labelled mixture: its components of class y, reweighted."""
+        keep = self.labels == y
+        if not keep.any():
+            raise ValueError(f"No component has label {y}; labels are {self.labels.tolist()}.")
+        return GaussianMixture(self.weights[keep], self.means[keep], self.covs[keep], self.labels[keep])
+
+    def class_weights(self) -> np.ndarray:
+        """p(y) `(num_classes,)` of a labelled mixture."""
+        return np.bincount(self.labels, weights=self.weights, minlength=self.num_classes)
 
     @property
     def mean(self) -> np.ndarray:

@@ -45,11 +45,28 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other sampler options")
         p.add_argument("--seed", type=int, default=0)
 
+    def conditioning_args(p):
+        p.add_argument("--label", default=None,
+                       help="class label(s), comma-separated, cycled over the samples (default: every class in turn)")
+        p.add_argument("--text", default=None, help="a word to spell, for spelling-conditioned models (e.g. seven)")
+        p.add_argument("--guidance", type=float, default=0.0,
+                       help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t)")
+        p.add_argument("--classifier", default=None,
+                       help="workdir of a noise-conditional classifier: guide an unconditional model with it")
+        p.add_argument("--classifier-scale", type=float, default=1.0,
+                       help="classifier guidance scale gamma: s + gamma grad log p_t(y | x) (1 samples p(x | y))")
+
     p = sub.add_parser("sample", help="sample a trained model: .npz and a PNG grid")
     p.add_argument("--workdir", required=True)
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--out", default=None, help="output prefix (default: <workdir>/samples/<sampler>)")
+    p.add_argument("--image", default=None, help="PNG to inpaint or colorize (with --inpaint / --colorize)")
+    p.add_argument("--inpaint", default=None, metavar="MASK_PNG",
+                   help="inpaint --image: white pixels of the mask are kept, black ones generated")
+    p.add_argument("--colorize", action="store_true", help="colorize the grey levels of --image")
+    p.add_argument("--impute-method", default="replace", help="replace (the reference's) or tmpd")
     sampling_args(p)
+    conditioning_args(p)
 
     p = sub.add_parser("likelihood", help="bits/dim over a data split through the probability-flow ODE")
     p.add_argument("--workdir", required=True)
@@ -73,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sde", default="vpsde", help="with --target: vpsde, subvpsde, vesde, cosinevpsde")
     p.add_argument("--out", default=None, help="output prefix (default: <workdir>/ablation or ./ablation_<target>)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", default=None,
+                   help="comma-separated classifier-free guidance weights w to sweep (conditional models)")
 
     p = sub.add_parser("evaluate", help="FID/KID/IS (or FD-digits) of N samples; resumes")
     p.add_argument("--workdir", required=True)
@@ -195,6 +214,122 @@ def _run_sampler(key, sde, score_fn, shape, name, options):
         raise SystemExit(f"scoresde: error: {err}") from err
 
 
+def _class_labels(args, num_classes, num):
+    """--label (cycled) or every class in turn, `(num,)`; checked against num_classes."""
+    import numpy as np
+
+    from scoresde.experiment import UserError
+
+    if args.label is None:
+        return np.arange(num) % num_classes
+    try:
+        labels = np.resize(np.array([int(v) for v in args.label.split(",")], np.int32), num)
+    except ValueError:
+        raise UserError(f"--label takes comma-separated integers, got {args.label!r}.") from None
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"--label values must lie in [0, {num_classes}), got {args.label!r}.")
+    return labels
+
+
+def _conditioned_score_fn(args, config, sde, score_fn, num, w=None):
+    """The plain score_fn(x, t) that --label/--text/--guidance/--classifier ask for, and the
+    class labels of the samples (None when unconditional or unknown)."""
+    import numpy as np
+
+    from scoresde import datasets, experiment
+    from scoresde.samplers import guidance
+
+    w = args.guidance if w is None else w
+    table = experiment.condition_table(config)
+    if args.classifier:
+        if table is not None:
+            raise experiment.UserError("--classifier guides an unconditional model; this one is conditional "
+                                       "(use --guidance for classifier-free guidance).")
+        cconfig, log_prob_fn, _ = experiment.load_classifier(args.classifier)
+        if experiment.sde_from_config(cconfig) != sde:
+            raise experiment.UserError(f"The classifier in {args.classifier!r} was trained for another SDE "
+                                       f"({cconfig.training.sde}) than this model ({config.training.sde}).")
+        labels = _class_labels(args, cconfig.model.num_classes, num)
+        return guidance.classifier_guidance(score_fn, log_prob_fn, labels, args.classifier_scale), labels
+    if table is None:
+        if args.label is not None or args.text is not None or w:
+            raise experiment.UserError(
+                "This model is unconditional (training.condition='none'): train a conditional one "
+                "(e.g. --config digits_vp_class) or guide it with --classifier <workdir>.")
+        return score_fn, None
+    if args.text is not None:
+        if config.training.condition != "spelling":
+            raise experiment.UserError("--text needs a spelling-conditioned model (digits_vp_spelling); use --label.")
+        names = datasets.label_names(config.data.dataset)
+        labels = np.full(num, names.index(args.text.lower())) if args.text.lower() in names else None
+        try:
+            y = datasets.spell([args.text] * num, config.model.context_length)
+        except ValueError as err:
+            raise experiment.UserError(str(err)) from None
+    else:
+        labels = _class_labels(args, len(table), num)
+        y = experiment.condition_from_labels(config, labels)
+    return (guidance.classifier_free(score_fn, y, w) if w else guidance.condition(score_fn, y)), labels
+
+
+def _digits_accuracy(images, labels):
+    """Fraction of images `(B, 8, 8, 1)` in [0, 1] that the bundled digits classifier labels as asked."""
+    import numpy as np
+
+    from scoresde.evaluation.digits import digits_logits
+
+    return float(np.mean(np.argmax(np.asarray(digits_logits(images)), -1) == np.asarray(labels)))
+
+
+def _load_image(path, config, num):
+    """A PNG as the model's data `(num, H, W, C)` (repeated), in the model's value range."""
+    import numpy as np
+    from PIL import Image
+
+    from scoresde import experiment
+
+    if not os.path.exists(path):
+        raise experiment.UserError(f"No image file {path!r}.")
+    h, w, c = experiment.data_shape(config)
+    img = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    x = np.asarray(img, np.float32).reshape(h, w, c) / 255.0
+    x = 2 * x - 1 if config.data.get("centered", False) else x
+    return np.repeat(x[None], num, axis=0)
+
+
+def _impute(args, key, config, sde, score_fn, name, options):
+    """--inpaint / --colorize: (inputs shown, outputs) in [0, 1], and nfe."""
+    import numpy as np
+
+    from scoresde import experiment
+    from scoresde.samplers import imputation
+
+    if args.image is None:
+        raise experiment.UserError("--inpaint and --colorize need --image <png>.")
+    if not experiment.is_image_data(config):
+        raise experiment.UserError("Inpainting and colorization need an image model; this config has 2-D points.")
+    data = _load_image(args.image, config, args.num)
+    try:
+        if args.colorize:
+            if data.shape[-1] != 3:
+                raise experiment.UserError("--colorize needs an RGB model; this one has 1 channel (use --inpaint).")
+            gray = np.repeat(data.mean(-1, keepdims=True), 3, -1)
+            x, nfe = imputation.colorize(key, sde, score_fn, gray, sampler=name, method=args.impute_method, **options)
+            shown = gray
+        else:
+            mask = _load_image(args.inpaint, config, args.num)
+            mask = (experiment.to_unit_range(mask, config) > 0.5).astype(np.float32)
+            x, nfe = imputation.inpaint(key, sde, score_fn, data, mask, sampler=name, method=args.impute_method,
+                                        **options)
+            shown = experiment.to_unit_range(data, config) * mask + 0.5 * (1 - mask)  # unknown pixels grey
+            shown = 2 * shown - 1 if config.data.get("centered", False) else shown
+    except ValueError as err:
+        raise experiment.UserError(str(err)) from None
+    original = experiment.to_unit_range(data, config)
+    return np.asarray(original), np.asarray(experiment.to_unit_range(shown, config)), np.asarray(
+        experiment.to_unit_range(x, config)), nfe
+
+
 def _write_json(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -208,8 +343,10 @@ def _write_json(path, obj):
 
 def cmd_train(args, overrides):
     import jax
+    import numpy as np
 
     from scoresde import experiment, reporting, train
+    from scoresde.samplers import guidance
 
     config, resumed = _load_train_config(args, overrides)
     sde, model = experiment.sde_from_config(config), experiment.model_from_config(config)
@@ -234,11 +371,18 @@ def cmd_train(args, overrides):
             sde, model, state.ema_params, continuous=config.training.continuous,
             parameterization=config.model.get("parameterization"),
         )
+        table = experiment.condition_table(config)
+        if table is not None:  # a column per class
+            score_fn = guidance.condition(score_fn, table[np.arange(shape[0]) % len(table)])
         name = _config_sampler(config)
         x, nfe = _run_sampler(jax.random.PRNGKey(step), sde, score_fn, shape, name, _config_sampler_options(config, name))
         if jax.process_index() == 0:
             path = os.path.join(args.workdir, "samples", f"step_{step:08d}.png")
-            reporting.save_samples_png(experiment.to_unit_range(x, config), path, title=f"step {step}")
+            x = np.asarray(experiment.to_unit_range(x, config))
+            if table is not None and experiment.is_image_data(config):
+                reporting.save_image_grid(x, path, nrow=len(table))
+            else:
+                reporting.save_samples_png(x, path, title=f"step {step}")
             print(f"samples at step {step} ({name}, NFE {nfe}): {path}", flush=True)
             if tb and experiment.is_image_data(config):
                 tb.image(step, "samples", reporting.image_grid(experiment.to_unit_range(x, config)))
@@ -267,15 +411,35 @@ def cmd_sample(args, overrides):
     if args.sampler is None:
         options = {**_config_sampler_options(config, name), **options}
     shape = (args.num,) + experiment.data_shape(config)
+    key = jax.random.PRNGKey(args.seed)
+    score_fn, labels = _conditioned_score_fn(args, config, sde, score_fn, args.num)
     start = time.perf_counter()
-    x, nfe = _run_sampler(jax.random.PRNGKey(args.seed), sde, score_fn, shape, name, options)
-    x = np.asarray(experiment.to_unit_range(x, config))
+    if args.inpaint or args.colorize:
+        original, shown, x, nfe = _impute(args, key, config, sde, score_fn, name, options)
+    else:
+        if args.image:
+            raise experiment.UserError("--image is the input of --inpaint or --colorize; add one of them.")
+        x, nfe = _run_sampler(key, sde, score_fn, shape, name, options)
+        x = np.asarray(experiment.to_unit_range(x, config))
     wall = time.perf_counter() - start
-    prefix = args.out or os.path.join(args.workdir, "samples", f"{name}_step{step}")
+    what = "colorize" if args.colorize else "inpaint" if args.inpaint else ""
+    prefix = args.out or os.path.join(args.workdir, "samples", f"{what or name}_step{step}")
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    np.savez(prefix + ".npz", samples=x, nfe=nfe, sampler=name, options=json.dumps(options), step=step)
-    png = reporting.save_samples_png(x, prefix + ".png", title=f"{name}, NFE {nfe}")
-    print(f"{args.num} samples ({name}, NFE {nfe}, {wall:.1f} s) -> {prefix}.npz, {png}")
+    extra = {} if labels is None else {"labels": labels}
+    np.savez(prefix + ".npz", samples=x, nfe=nfe, sampler=name, options=json.dumps(options), step=step,
+             guidance=args.guidance, **extra)
+    if what:
+        # One row per sample: original | input | output.
+        png = reporting.save_image_grid(np.stack([original, shown, x], 1).reshape((-1,) + x.shape[1:]),
+                                        prefix + ".png", nrow=3)
+    elif labels is not None and args.label is None and experiment.is_image_data(config):
+        png = reporting.save_image_grid(x, prefix + ".png", nrow=int(labels.max()) + 1)  # a column per class
+    else:
+        png = reporting.save_samples_png(x, prefix + ".png", title=f"{name}, NFE {nfe}")
+    done = {"inpaint": "inpainted ", "colorize": "colorized ", "": ""}[what]
+    print(f"{args.num} {done}samples ({name}, NFE {nfe}, {wall:.1f} s) -> {prefix}.npz, {png}")
+    if labels is not None and config.data.dataset == "digits" and not what:
+        print(f"accuracy of the bundled digits classifier on the requested labels: {_digits_accuracy(x, labels):.3f}")
 
 
 def cmd_likelihood(args, overrides):
@@ -359,7 +523,24 @@ def cmd_ablate(args, overrides):
             quality, metric, notes = _toy_quality(config.data.dataset.removeprefix("toy:"), shape[0])
         prefix = args.out or os.path.join(args.workdir, "ablation")
         title = f"{config.data.dataset} ({config.training.sde}), step {step}"
-    rows = ablation.run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)
+    if args.guidance is None:
+        rows = ablation.run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)
+    else:
+        if args.target:
+            raise SystemExit("scoresde: error: --guidance needs a conditional model (--workdir).")
+        cond = argparse.Namespace(label=None, text=None, classifier=None)
+        _, labels = _conditioned_score_fn(cond, config, sde, score_fn, shape[0], w=0.0)
+        if config.data.dataset == "digits":
+            image_quality = quality
+            quality = lambda x: {**image_quality(x), "accuracy": _digits_accuracy(  # noqa: E731
+                experiment.to_unit_range(x, config), labels)}
+            notes += (" accuracy: fraction of samples the bundled digits classifier (98.3% on real test digits) "
+                      "assigns to the requested class.")
+        rows = []
+        for w in (float(v) for v in args.guidance.split(",")):
+            guided, _ = _conditioned_score_fn(cond, config, sde, score_fn, shape[0], w=w)
+            rows += [{"guidance": w, **row} for row in ablation.run_grid(key, sde, guided, shape, configs, quality, nfes=nfes)]
+        title += ", classifier-free guidance"
     files = ablation.write_results(rows, prefix, metric, title, notes)
     print(open(prefix + ".md").read())
     print("wrote " + ", ".join(files))

@@ -84,10 +84,58 @@ def is_image_data(config) -> bool:
     return len(data_shape(config)) == 3
 
 
+def condition_table(config):
+    """What a conditional model reads for each class label: `(num_classes,)` labels for
+    training.condition='class', `(num_classes, L)` tokens of the class names for 'spelling';
+    None for an unconditional model. Checks that the network can read it."""
+    kind, m = config.training.get("condition", "none"), config.model
+    if kind == "none":
+        return None
+    if config.training.get("objective", "score") != "score":
+        raise UserError("training.condition applies to score models; a classifier reads the labels already.")
+    try:
+        names = datasets.label_names(config.data.dataset)
+    except ValueError as err:
+        raise UserError(f"training.condition={kind!r} needs class labels: {err}") from None
+    if kind == "class":
+        if m.get("num_classes", 0) != len(names):
+            raise UserError(
+                f"training.condition='class' needs model.num_classes={len(names)} ({config.data.dataset} has "
+                f"{len(names)} classes); set --config.model.num_classes={len(names)}."
+            )
+        return jnp.arange(len(names), dtype=jnp.int32)
+    if kind == "spelling":
+        if m.get("context_vocab_size", 0) < datasets.SPELLING_VOCAB_SIZE:
+            raise UserError(
+                "training.condition='spelling' needs cross-attention on characters: set "
+                f"--config.model.context_vocab_size={datasets.SPELLING_VOCAB_SIZE}."
+            )
+        try:
+            return jnp.asarray(datasets.spell(names, m.context_length))
+        except ValueError as err:
+            raise UserError(f"{err} Raise model.context_length.") from None
+    raise UserError(f"Unknown training.condition {kind!r}; valid: none, class, spelling.")
+
+
+def condition_from_labels(config, labels):
+    """The model's condition for class labels `(B,)` (see `condition_table`)."""
+    table = condition_table(config)
+    if table is None:
+        raise UserError("This model is unconditional (training.condition='none'); it takes no labels.")
+    labels = jnp.asarray(labels, jnp.int32)
+    if labels.min() < 0 or labels.max() >= len(table):
+        raise UserError(f"Class labels must lie in [0, {len(table)}), got {labels.min()}..{labels.max()}.")
+    return table[labels]
+
+
 def train_kwargs(config) -> dict:
     """The keyword arguments of `train.train` from training.*, optim.* and model.ema_rate."""
     t, o = config.training, config.optim
+    table = condition_table(config)
     return dict(
+        objective=t.get("objective", "score"),
+        condition=None if table is None else (lambda batch: table[batch["label"]]),
+        p_uncond=t.get("p_uncond", 0.0),
         n_iters=t.n_iters,
         continuous=t.continuous,
         reduce_mean=t.reduce_mean,
@@ -158,8 +206,13 @@ def load_ema_params(workdir: str, config, step: int | None = None):
 
 
 def load_score_fn(workdir: str, step: int | None = None):
-    """(config, sde, score_fn, step) for the EMA model of a trained workdir."""
+    """(config, sde, score_fn, step) for the EMA model of a trained workdir.
+
+    A conditional model's score_fn is `score_fn(x, t, y=None)` (`condition_from_labels`).
+    """
     config = load_config(workdir)
+    if config.training.get("objective", "score") != "score":
+        raise UserError(f"{workdir!r} holds a {config.training.objective}, not a score model.")
     sde, model = sde_from_config(config), model_from_config(config)
     params, step = load_ema_params(workdir, config, step)
     score_fn = models.get_score_fn(
@@ -175,3 +228,16 @@ def to_unit_range(x, config):
         return x
     x = (x + 1.0) / 2.0 if config.data.get("centered", False) else x
     return jnp.clip(x, 0.0, 1.0)
+
+
+def load_classifier(workdir: str, step: int | None = None):
+    """(config, log_prob_fn, step) for the EMA noise-conditional classifier of a workdir,
+    `log_prob_fn(x, t) -> (B, num_classes)`."""
+    from scoresde.models.classifier import get_classifier_log_prob_fn
+
+    config = load_config(workdir)
+    if config.training.get("objective", "score") != "classifier":
+        raise UserError(f"{workdir!r} holds a score model, not a classifier (training.objective='classifier').")
+    sde, model = sde_from_config(config), model_from_config(config)
+    params, step = load_ema_params(workdir, config, step)
+    return config, get_classifier_log_prob_fn(sde, model, params, continuous=config.training.continuous), step

@@ -20,6 +20,13 @@ Randomness: `key` is split into three, `k_t, k_z, k_dropout = jax.random.split(k
 - `get_ddpm_loss_fn`: DDPM's loss for VP SDEs: index i ~ U{0..N-1},
   x_i = sqrt(abar_i) x + sqrt(1 - abar_i) noise, || output - noise ||^2.
 - `get_loss_fn`: the reference's choice between them (`training.continuous`).
+- `get_classifier_loss_fn`: cross-entropy of a noise-conditional classifier on
+  x(t) = s(t) x + sigma(t) z, t ~ U(eps, T), for classifier guidance.
+
+Conditional models: `condition(batch) -> y` reads the condition (class labels `(B,)`
+or tokens `(B, L)`) from a batch, and each example's condition is replaced by the null
+condition with probability `p_uncond` (drawn with `jax.random.fold_in(key, 3)`), so
+one network learns s(x, t, y) and s(x, t, None) for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde import sde_lib
-from scoresde.models.utils import get_score_fn
+from scoresde.models.utils import drop_condition, get_score_fn, noise_labels
 from scoresde.sde_lib import batch_broadcast
 
 LossFn = Callable[[object, jax.Array, object], jax.Array]
@@ -56,6 +63,13 @@ def _flat(x):
     return x.reshape((x.shape[0], -1))
 
 
+def batch_condition(condition, p_uncond: float, key, batch):
+    """The batch's condition with per-example dropout to null, or None for unconditional models."""
+    if condition is None:
+        return None
+    return drop_condition(jax.random.fold_in(key, 3), condition(batch), p_uncond)
+
+
 def get_sde_loss_fn(
     sde: sde_lib.SDE,
     model: nn.Module,
@@ -65,6 +79,8 @@ def get_sde_loss_fn(
     likelihood_weighting: bool = True,
     eps: float = 1e-5,
     parameterization: str | None = None,
+    condition: Callable | None = None,
+    p_uncond: float = 0.0,
 ) -> LossFn:
     """Continuous-time denoising score matching (the reference's `get_sde_loss_fn`).
 
@@ -78,6 +94,8 @@ def get_sde_loss_fn(
         training"); otherwise lambda(t) = sigma(t)^2.
       eps: smallest time sampled.
       parameterization: what the network outputs (default: the reference's choice).
+      condition: `condition(batch) -> y` for a conditional network, else None.
+      p_uncond: probability of training an example on the null condition.
     """
     reduce_op = _reduce_op(reduce_mean)
 
@@ -97,7 +115,8 @@ def get_sde_loss_fn(
             parameterization=parameterization,
             dropout_rng=k_dropout if train else None,
         )
-        score = score_fn(perturbed, t)
+        y = batch_condition(condition, p_uncond if train else 0.0, key, batch)
+        score = score_fn(perturbed, t) if y is None else score_fn(perturbed, t, y)
         if not likelihood_weighting:
             losses = reduce_op(_flat(jnp.square(score * batch_broadcast(std, score) + z)))
         else:
@@ -171,11 +190,16 @@ def get_loss_fn(
     likelihood_weighting: bool = False,
     eps: float = 1e-5,
     parameterization: str | None = None,
+    condition: Callable | None = None,
+    p_uncond: float = 0.0,
 ) -> LossFn:
     """The reference's choice (`get_step_fn`): the SDE loss if `continuous`, else SMLD
     for VE and DDPM for VP SDEs. Defaults are the reference config's
     (`training.reduce_mean=False`, `continuous=True`, `likelihood_weighting=False`).
+    Conditional training (`condition`, `p_uncond`) needs the continuous loss.
     """
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}.")
     if continuous:
         return get_sde_loss_fn(
             sde,
@@ -186,7 +210,11 @@ def get_loss_fn(
             likelihood_weighting=likelihood_weighting,
             eps=eps,
             parameterization=parameterization,
+            condition=condition,
+            p_uncond=p_uncond,
         )
+    if condition is not None:
+        raise ValueError("Conditional training needs the continuous loss: set training.continuous=True.")
     if likelihood_weighting:
         raise ValueError("Likelihood weighting is not supported for the discrete SMLD/DDPM losses.")
     if isinstance(sde, sde_lib.VESDE):
@@ -194,3 +222,25 @@ def get_loss_fn(
     if isinstance(sde, sde_lib.VariancePreserving):
         return get_ddpm_loss_fn(sde, model, train, reduce_mean=reduce_mean)
     raise ValueError(f"Discrete training for {type(sde).__name__} is not supported; use continuous=True.")
+
+
+def get_classifier_loss_fn(sde: sde_lib.SDE, classifier: nn.Module, train: bool, continuous: bool = True, eps: float = 1e-5) -> LossFn:
+    """Cross-entropy of a noise-conditional classifier on perturbed data (for guidance).
+
+    t ~ U(eps, T), x(t) = s(t) x + sigma(t) z, loss = -mean log softmax(f(x(t), label(t)))[y],
+    with the same noise labels as the score networks (`noise_labels`), so it works for
+    VP and VE SDEs alike. The batch needs "image" and "label".
+    """
+
+    def loss_fn(params, key, batch):
+        data, y = batch["image"], batch["label"]
+        k_t, k_z, k_dropout = jax.random.split(key, 3)
+        t = jax.random.uniform(k_t, (data.shape[0],), data.dtype, minval=eps, maxval=sde.T)
+        z = jax.random.normal(k_z, data.shape, data.dtype)
+        mean, std = sde.marginal_prob(data, t)
+        rngs = {"dropout": k_dropout} if train else {}
+        labels = noise_labels(sde, t, continuous)
+        logits = classifier.apply({"params": params}, mean + batch_broadcast(std, data) * z, labels, train=train, rngs=rngs)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+    return loss_fn

@@ -23,6 +23,7 @@ the global batch (`put_batch` assembles the global array with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -177,14 +178,18 @@ def batch_sharding(ndim: int, stacked: bool = False) -> NamedSharding:
     return NamedSharding(parallel.data_mesh(), P(*spec, *([None] * (ndim - len(spec)))))
 
 
-def put_batch(local_batch, stacked: bool = False) -> jax.Array:
-    """This process's slice of the global batch -> the global, sharded jax.Array.
+def put_batch(local_batch, stacked: bool = False):
+    """This process's slice of the global batch -> the global, sharded jax.Array(s).
 
-    `local_batch` is `(B_local, ...)`, or `(n, B_local, ...)` with `stacked=True`;
+    `local_batch` is `(B_local, ...)`, or `(n, B_local, ...)` with `stacked=True`, or a
+    dict of such arrays;
     the global batch is the concatenation of all processes' slices in process order.
     """
-    local_batch = np.asarray(local_batch)
-    return jax.make_array_from_process_local_data(batch_sharding(local_batch.ndim, stacked), local_batch)
+    def put(local):
+        local = np.asarray(local)
+        return jax.make_array_from_process_local_data(batch_sharding(local.ndim, stacked), local)
+
+    return jax.tree.map(put, local_batch)
 
 
 def compile_step(step_fn, n_jitted_steps: int = 1, donate: bool = True):
@@ -213,7 +218,7 @@ def compile_step(step_fn, n_jitted_steps: int = 1, donate: bool = True):
 
 def compile_eval_step(eval_step):
     def constrained(state, batch):
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding(batch.ndim))
+        batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_sharding(x.ndim)), batch)
         return eval_step(state, batch)
 
     return jax.jit(constrained, out_shardings=parallel.replicated())
@@ -252,10 +257,19 @@ class _StopFlag:
         return flag
 
 
-def _next_batch(data: Iterator, n: int):
-    """n local image batches from the iterator: `(B, ...)` or stacked `(n, B, ...)`."""
-    batches = [losses_lib.batch_images(next(data)) for _ in range(n)]
-    return batches[0] if n == 1 else np.stack(batches)
+def _select(batch, with_labels: bool):
+    """The images of a batch, or {"image", "label"} when the objective needs labels."""
+    if not with_labels:
+        return losses_lib.batch_images(batch)
+    if not (isinstance(batch, dict) and "label" in batch):
+        raise ValueError("This objective needs labelled batches (dicts with 'image' and 'label').")
+    return {"image": batch["image"], "label": batch["label"]}
+
+
+def _next_batch(data: Iterator, n: int, with_labels: bool = False):
+    """n local batches from the iterator: `(B, ...)` or stacked `(n, B, ...)` (or dicts of them)."""
+    batches = [_select(next(data), with_labels) for _ in range(n)]
+    return batches[0] if n == 1 else jax.tree.map(lambda *b: np.stack(b), *batches)
 
 
 def _next_eval(data):
@@ -289,6 +303,9 @@ def train(
     likelihood_weighting: bool = False,
     loss_eps: float = 1e-5,
     parameterization: str | None = None,
+    objective: str = "score",
+    condition: Callable | None = None,
+    p_uncond: float = 0.0,
     log_freq: int = 50,
     eval_freq: int = 100,
     snapshot_freq: int = 50000,
@@ -322,6 +339,11 @@ def train(
     beta1, eps -> optim_eps, weight_decay}, model.ema_rate (None: 0.999 for VE, 0.9999
     otherwise), seed. `loss_eps` is the smallest time of the continuous loss (1e-5,
     the reference's).
+
+    `objective`: "score" (denoising score matching, `losses.get_loss_fn`) or
+    "classifier" (a noise-conditional classifier for guidance,
+    `losses.get_classifier_loss_fn`; batches need labels). `condition(batch) -> y` and
+    `p_uncond` train a conditional score network with condition dropout.
 
     Args:
       model: the score network (Flax linen).
@@ -379,11 +401,18 @@ def train(
         eps=loss_eps,
         parameterization=parameterization,
     )
-    train_loss = losses_lib.get_loss_fn(sde, model, train=True, **loss_kw)
-    p_step = compile_step(make_train_step(train_loss, optimizer, ema_rate), n_jitted_steps)
+    if objective == "score":
+        loss_kw.update(condition=condition, p_uncond=p_uncond)
+        get_loss = functools.partial(losses_lib.get_loss_fn, sde, model, **loss_kw)
+    elif objective == "classifier":
+        get_loss = functools.partial(losses_lib.get_classifier_loss_fn, sde, model, continuous=continuous, eps=loss_eps)
+    else:
+        raise ValueError(f"Unknown training objective {objective!r}; valid: score, classifier.")
+    with_labels = objective == "classifier" or condition is not None
+    p_step = compile_step(make_train_step(get_loss(train=True), optimizer, ema_rate), n_jitted_steps)
     p_eval = None
     if eval_iter is not None:
-        p_eval = compile_eval_step(make_eval_step(losses_lib.get_loss_fn(sde, model, train=False, **loss_kw)))
+        p_eval = compile_eval_step(make_eval_step(get_loss(train=False)))
 
     state = init_train_state(
         model, sde, jax.random.PRNGKey(seed), example_shape, optimizer, continuous=continuous, params=init_params
@@ -456,7 +485,7 @@ def train(
 
     try:
         while step < n_iters:
-            batch = put_batch(_next_batch(train_iter, n_jitted_steps), stacked=n_jitted_steps > 1)
+            batch = put_batch(_next_batch(train_iter, n_jitted_steps, with_labels), stacked=n_jitted_steps > 1)
             state, metrics = p_step(state, batch)
             pending.append(metrics)
             step += n_jitted_steps
@@ -488,7 +517,7 @@ def train(
             if p_eval is not None and step % eval_freq == 0:
                 jax.block_until_ready(state.step)  # so that the pause excludes training work
                 t_hook = time.perf_counter()
-                eval_batch = put_batch(losses_lib.batch_images(_next_eval(eval_iter)))
+                eval_batch = put_batch(_select(_next_eval(eval_iter), with_labels))
                 eval_loss = float(p_eval(state, eval_batch))
                 paused += time.perf_counter() - t_hook
                 write({"step": step, "eval_loss": eval_loss})

@@ -41,9 +41,25 @@ CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 NON_NETWORK_MODEL_KEYS = frozenset(
     {"name", "parameterization", "ema_rate", "sigma_min", "sigma_max", "num_scales", "beta_min", "beta_max"}
 )
+# Conditioning settings every config gets (`get_config` adds those a config file lacks):
+# what the run trains, what it conditions on, and the networks' conditioning fields.
+CONDITIONING_DEFAULTS = {
+    "training.objective": "score",  # or "classifier": a noise-conditional classifier for guidance
+    "training.condition": "none",  # or "class" (labels) or "spelling" (tokens of the label's name)
+    "training.p_uncond": 0.1,  # condition dropout, for classifier-free guidance
+    "model.num_classes": 0,  # > 0: class-conditional network
+    "model.context_vocab_size": 0,  # > 0: cross-attention on token sequences
+    "model.context_length": 8,
+    "model.context_dim": 64,
+}
+OBJECTIVES = ("score", "classifier")
+CONDITIONS = ("none", "class", "spelling")
 # config.model keys of the default_*_configs files, shared by configs whose networks may not
-# read them all (the DDPM network has no embedding_type or fourier_scale).
-DEFAULT_MODEL_KEYS = frozenset({"dropout", "embedding_type", "fourier_scale"})
+# read them all (the DDPM network has no embedding_type or fourier_scale, nor conditioning).
+DEFAULT_MODEL_KEYS = frozenset(
+    {"dropout", "embedding_type", "fourier_scale"}
+    | {k.split(".")[1] for k in CONDITIONING_DEFAULTS if k.startswith("model.")}
+)
 # Keys whose value may be None besides those holding None (checked by path, so that a config
 # read back from JSON, where placeholders are plain values, keeps them).
 NULLABLE_KEYS = frozenset({"model.parameterization"})
@@ -151,6 +167,10 @@ def get_config(name_or_path: str, lock: bool = True) -> ml_collections.ConfigDic
         raise ValueError(f"get_config() of {name_or_path!r} returned a {type(config).__name__}, not a ConfigDict.")
     if "name" not in config:
         config.name = name
+    for path, value in CONDITIONING_DEFAULTS.items():
+        section, key = path.split(".")
+        if section in config and key not in config[section]:
+            config[section][key] = value
     if lock:
         config.lock()
     return config
@@ -334,6 +354,10 @@ def _choices(path: str):
             from scoresde.samplers.pc import CORRECTORS
 
             return tuple(CORRECTORS)
+        if path == "training.objective":
+            return OBJECTIVES
+        if path == "training.condition":
+            return CONDITIONS
         if path == "sampling.method":
             from scoresde.samplers.registry import SAMPLERS
 
@@ -425,7 +449,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from scoresde.models.utils import _MODELS
 
     problems = []
-    for path in ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector"):
+    paths = ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector")
+    for path in paths + ("training.objective", "training.condition"):
         section, key = path.split(".")
         if key not in config[section]:
             problems.append(f"config.{path} is missing")

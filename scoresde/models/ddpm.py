@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, divide_by_sigma
-from scoresde.models.utils import get_sigmas, register_model
+from scoresde.models.utils import check_condition, get_sigmas, register_model
 
 
 @register_model("ddpm")
@@ -27,6 +27,7 @@ class DDPM(nn.Module):
     (`get_sigmas(sigma_min, sigma_max, num_scales)`), and the output is divided by
     sigma. Defaults: the CIFAR-10 DDPM configuration (35.7M parameters). Channel
     counts nf * ch_mult must be multiples of 32 (GroupNorm with 32 groups).
+    Unconditional only: y must be None.
     """
 
     nf: int = 128
@@ -45,7 +46,8 @@ class DDPM(nn.Module):
     num_scales: int = 1000
 
     @nn.compact
-    def __call__(self, x, labels, train: bool = True):
+    def __call__(self, x, labels, y=None, train: bool = True):
+        check_condition(y, x.shape[0])
         if self.normalization.lower() != "groupnorm":
             raise ValueError(f"Unknown normalization {self.normalization!r}; valid: GroupNorm.")
         act = layers.get_act(self.nonlinearity)

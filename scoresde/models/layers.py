@@ -10,6 +10,9 @@ DDPM's blocks are the ++ blocks with DDPM's settings: `ResnetBlockDDPM` and `Att
 are `ResnetBlockDDPMpp` and `AttnBlockpp` with GroupNorm(32 groups), no skip rescaling
 and a zero-initialized output layer.
 
+Conditioning (not in the reference): `class_embedding` for class labels and
+`ContextEmbedding` + `CrossAttnBlock` for token sequences (see `models.utils`).
+
 Images are NHWC `(B, H, W, C)`; time embeddings are `(B, E)`.
 """
 
@@ -181,6 +184,67 @@ class AttnBlockpp(nn.Module):
         if not self.skip_rescale:
             return x + h
         return (x + h) / np.sqrt(2.0)
+
+
+class CrossAttnBlock(nn.Module):
+    """Single-head cross-attention from the H x W positions to a context, residual.
+
+    x `(B, H, W, C)`, context `(B, L, D)`, mask `(B, L)` (False: ignored) -> `(B, H, W, C)`:
+    x + NIN(softmax_l(q k_l^T / sqrt(C)) v_l), q from GroupNorm(x), k and v from the
+    context. Every row of the mask must keep at least one entry.
+    """
+
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    num_groups: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x, context, mask):
+        C = x.shape[-1]
+        h = group_norm(x, self.num_groups)
+        q = NIN(C)(h)
+        k = NIN(C)(context)
+        v = NIN(C)(context)
+        w = jnp.einsum("bhwc,blc->bhwl", q, k) * (int(C) ** (-0.5))
+        w = jnp.where(mask[:, None, None, :], w, jnp.finfo(w.dtype).min)
+        w = jax.nn.softmax(w, axis=-1)
+        h = jnp.einsum("bhwl,blc->bhwc", w, v)
+        h = NIN(C, init_scale=self.init_scale)(h)
+        return _residual(x, h, self.skip_rescale)
+
+
+class ContextEmbedding(nn.Module):
+    """Tokens `(B, L)` (0 = padding) -> context `(B, 1 + L, dim)` and its mask `(B, 1 + L)`.
+
+    context = [null, Embed(tokens) + position[:L]], with one learned null token that is
+    never masked, so a row of padding only (the null condition) attends to it alone.
+    L must be at most `length`.
+    """
+
+    vocab_size: int
+    length: int = 8
+    dim: int = 64
+
+    @nn.compact
+    def __call__(self, tokens):
+        B, L = tokens.shape
+        if L > self.length:
+            raise ValueError(f"Token sequences are at most context_length={self.length} long, got length {L}.")
+        position = self.param("position", nn.initializers.normal(0.02), (self.length, self.dim))
+        null = self.param("null", nn.initializers.normal(1.0), (self.dim,))
+        h = nn.Embed(self.vocab_size, self.dim)(tokens) + position[:L]
+        context = jnp.concatenate([jnp.broadcast_to(null, (B, 1, self.dim)), h], axis=1)
+        mask = jnp.concatenate([jnp.ones((B, 1), bool), tokens != 0], axis=1)
+        return context, mask
+
+
+def class_embedding(y, batch_size: int, num_classes: int, features: int):
+    """Learned class embedding `(B,) -> (B, features)` (a fresh `Embed_i`).
+
+    num_classes + 1 rows; the last is the null class, used for label -1 and for y=None.
+    """
+    labels = jnp.full((batch_size,), num_classes, jnp.int32) if y is None else jnp.where(y < 0, num_classes, y)
+    return nn.Embed(num_classes + 1, features)(labels)
 
 
 class AttnBlock(AttnBlockpp):

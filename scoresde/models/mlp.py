@@ -13,7 +13,7 @@ import numpy as np
 
 from scoresde.models import layers
 from scoresde.models.layers import default_init, divide_by_sigma
-from scoresde.models.utils import get_sigmas, register_model
+from scoresde.models.utils import check_condition, get_sigmas, register_model
 
 
 class ResidualDenseBlock(nn.Module):
@@ -38,7 +38,7 @@ class ResidualDenseBlock(nn.Module):
 
 @register_model("mlp")
 class MLP(nn.Module):
-    """Residual MLP score network: x `(B, D)`, labels `(B,)` -> `(B, D)`.
+    """Residual MLP score network: x `(B, D)`, labels `(B,)`, y -> `(B, D)`.
 
     embedding_type 'fourier': Gaussian Fourier features of log(label) (labels > 0:
     sigma for continuous VE, t * 999 for continuous VP), as NCSN++; 'positional':
@@ -47,6 +47,8 @@ class MLP(nn.Module):
     With `scale_by_sigma` the output is divided by sigma: the label itself for
     'fourier', `get_sigmas(...)[label]` for 'positional'. `init_scale` 0 makes each
     block start as the identity and the network output start at zero.
+    `num_classes` > 0 adds a class embedding of y (class labels `(B,)`, -1 or y=None
+    for the null class; see `models.utils`) to the time embedding.
     """
 
     hidden: int = 128
@@ -63,9 +65,13 @@ class MLP(nn.Module):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     num_scales: int = 1000
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x, labels, train: bool = True):
+    def __call__(self, x, labels, y=None, train: bool = True):
+        check_condition(y, x.shape[0], self.num_classes)
+        if self.num_classes and not self.conditional:
+            raise ValueError("Class conditioning (num_classes > 0) needs conditional=True (a time embedding).")
         act = layers.get_act(self.nonlinearity)
         embedding_type = self.embedding_type.lower()
         if embedding_type == "fourier":
@@ -77,6 +83,8 @@ class MLP(nn.Module):
         if self.conditional:
             temb = nn.Dense(self.hidden, kernel_init=default_init())(temb)
             temb = nn.Dense(self.hidden, kernel_init=default_init())(act(temb))
+            if self.num_classes:
+                temb = temb + layers.class_embedding(y, x.shape[0], self.num_classes, self.hidden)
         else:
             temb = None
 

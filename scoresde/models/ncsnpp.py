@@ -8,6 +8,12 @@ sinusoidal embedding of t * 999 and an unscaled (noise-predicting) output.
 The hyperparameters are module fields named as the reference's `config.model.*` and
 `config.data.centered`; `sigma_min`, `sigma_max`, `num_scales` give the SMLD noise
 ladder `get_sigmas` used with discrete (positional) labels.
+
+Conditioning (not in the reference; see `models.utils` for the convention on y):
+`num_classes` > 0 adds a class embedding to the time embedding; `context_vocab_size`
+> 0 embeds token sequences (`layers.ContextEmbedding`) and follows every
+self-attention block with a `layers.CrossAttnBlock` to them. With both 0 (the
+defaults) the network and its parameters are the reference's.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ import numpy as np
 
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, divide_by_sigma, group_norm
-from scoresde.models.utils import get_sigmas, register_model
+from scoresde.models.utils import check_condition, get_sigmas, register_model
 
 
 @register_model("ncsnpp")
 class NCSNpp(nn.Module):
-    """NCSN++ / DDPM++ U-Net: x `(B, H, W, C)`, labels `(B,)` -> `(B, H, W, C)`.
+    """NCSN++ / DDPM++ U-Net: x `(B, H, W, C)`, labels `(B,)`, y -> `(B, H, W, C)`.
 
     Labels are sigma (embedding_type 'fourier', continuous VE training) or a time
     label, t * 999 or a discrete index (embedding_type 'positional'). The defaults
@@ -59,6 +65,10 @@ class NCSNpp(nn.Module):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     num_scales: int = 1000
+    num_classes: int = 0
+    context_vocab_size: int = 0
+    context_length: int = 8
+    context_dim: int = 64
 
     def _check(self):
         options = {
@@ -75,10 +85,14 @@ class NCSNpp(nn.Module):
                 raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
         if self.conv_size != 3:
             raise ValueError(f"Only conv_size 3 is implemented (as in the reference), got {self.conv_size}.")
+        if self.num_classes and not self.conditional:
+            raise ValueError("Class conditioning (num_classes > 0) needs conditional=True (a time embedding).")
 
     @nn.compact
-    def __call__(self, x, time_cond, train: bool = True):
+    def __call__(self, x, time_cond, y=None, train: bool = True):
+        """y: None, class labels `(B,)` or tokens `(B, L)`, as configured (see `models.utils`)."""
         self._check()
+        check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size)
         act = layers.get_act(self.nonlinearity)
         nf, ch_mult, num_res_blocks = self.nf, self.ch_mult, self.num_res_blocks
         attn_resolutions, num_resolutions = tuple(self.attn_resolutions), len(ch_mult)
@@ -98,10 +112,24 @@ class NCSNpp(nn.Module):
         if self.conditional:
             temb = nn.Dense(nf * 4, kernel_init=default_init())(temb)
             temb = nn.Dense(nf * 4, kernel_init=default_init())(act(temb))
+            if self.num_classes:
+                temb = temb + layers.class_embedding(y, x.shape[0], self.num_classes, nf * 4)
         else:
             temb = None
 
         AttnBlock = functools.partial(layers.AttnBlockpp, init_scale=init_scale, skip_rescale=skip_rescale)
+        CrossAttnBlock = functools.partial(layers.CrossAttnBlock, init_scale=init_scale, skip_rescale=skip_rescale)
+        context = mask = None
+        if self.context_vocab_size:
+            # y=None: one padding token, so only the null token is attended to.
+            embed = layers.ContextEmbedding(self.context_vocab_size, self.context_length, self.context_dim)
+            context, mask = embed(jnp.zeros((x.shape[0], 1), jnp.int32) if y is None else y)
+
+        def attend(h):
+            """Self-attention, then cross-attention to the context if there is one."""
+            h = AttnBlock()(h)
+            return h if context is None else CrossAttnBlock()(h, context, mask)
+
         Upsample = functools.partial(layers.Upsample, with_conv=self.resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
         Downsample = functools.partial(
             layers.Downsample, with_conv=self.resamp_with_conv, fir=fir, fir_kernel=fir_kernel
@@ -143,7 +171,7 @@ class NCSNpp(nn.Module):
             for _ in range(num_res_blocks):
                 h = ResnetBlock(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
                 if h.shape[1] in attn_resolutions:
-                    h = AttnBlock()(h)
+                    h = attend(h)
                 hs.append(h)
 
             if i_level != num_resolutions - 1:
@@ -163,7 +191,7 @@ class NCSNpp(nn.Module):
 
         h = hs[-1]
         h = ResnetBlock()(h, temb, train)
-        h = AttnBlock()(h)
+        h = attend(h)
         h = ResnetBlock()(h, temb, train)
 
         # Upsampling path.
@@ -172,7 +200,7 @@ class NCSNpp(nn.Module):
             for _ in range(num_res_blocks + 1):
                 h = ResnetBlock(out_ch=nf * ch_mult[i_level])(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
             if h.shape[1] in attn_resolutions:
-                h = AttnBlock()(h)
+                h = attend(h)
 
             if progressive != "none":
                 if i_level == num_resolutions - 1:

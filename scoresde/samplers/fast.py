@@ -11,6 +11,10 @@ plain `score_fn(x, t)`, from which the two predictions follow:
 EDM steps in the noise-to-signal ratio sigma^(t) = sigma_t / alpha_t on x^ = x / alpha_t,
 where the ODE reads dx^/dsigma^ = (x^ - x_0) / sigma^. DPM-Solver steps in the
 half-log-SNR lambda_t = log(alpha_t / sigma_t), with h = lambda_t - lambda_s.
+
+An optional `constraint` (see `samplers.imputation`) guides the score and pins the
+known part of x after every step: `constraint.pin(x, alpha, sigma)` sets it to
+alpha data + sigma z, in x^ = x / alpha for EDM (alpha = 1, sigma = sigma^).
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ def edm_sigmas(sde, num_steps, eps, rho=7.0):
     return jnp.concatenate([sigmas, jnp.zeros((1,))])
 
 
+def _pinner(constraint):
+    """`pin(x, alpha, sigma)` of the constraint, or the identity without one."""
+    return (lambda x, alpha, sigma: x) if constraint is None else constraint.pin
+
+
 def _edm_denoiser(sde, score_fn):
     """D(x^; sigma^): the data prediction of x^ = x / alpha at noise-to-signal ratio sigma^."""
 
@@ -98,6 +107,7 @@ def edm_sample(
     S_max: float = float("inf"),
     S_noise: float = 1.0,
     z=None,
+    constraint=None,
 ):
     """EDM's 2nd-order Heun sampler (deterministic with S_churn = 0, Algorithm 1) and its
     stochastic form (Algorithm 2), on the rho = 7 noise-level grid. Defaults are EDM's.
@@ -106,19 +116,23 @@ def edm_sample(
     so sigma^ stays within sigma_max); sigma^ = sigma_i (1 + gamma);
     x^ += sqrt(sigma^^2 - sigma_i^2) S_noise z; d = (x^ - D(x^; sigma^)) / sigma^;
     x_{i+1} = x^ + (sigma_{i+1} - sigma^) d, corrected by the trapezoid rule unless
-    sigma_{i+1} = 0. `z`: latents at T instead of prior samples.
+    sigma_{i+1} = 0. `z`: latents at T instead of prior samples. `constraint`: see the
+    module docstring; its known part is pinned after the churn and after every step.
     Returns (x `(B, ...)` at sigma = 0, nfe = 2N - 1).
     """
     _check(shape, num_steps)
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
     churn = (S_churn, S_min, S_max, S_noise)
-    x = _edm_loop(key, sde, score_fn, _initial(key, sde, shape, z), num_steps, eps, rho, churn)
+    x = _edm_loop(key, sde, score_fn, _initial(key, sde, shape, z), num_steps, eps, rho, churn, constraint)
     return x, 2 * num_steps - 1
 
 
 @functools.partial(jax.jit, static_argnames=("sde", "score_fn", "num_steps"))
-def _edm_loop(key, sde, score_fn, z, num_steps, eps, rho, churn):
+def _edm_loop(key, sde, score_fn, z, num_steps, eps, rho, churn, constraint):
     S_churn, S_min, S_max, S_noise = churn
+    if constraint is not None:
+        score_fn = constraint.guide(sde, score_fn)
+    pin = _pinner(constraint)
     denoise = _edm_denoiser(sde, score_fn)
     sigmas = edm_sigmas(sde, num_steps, eps, rho)
     alpha_T, _ = _coeffs(sde, jnp.asarray(sde.T))
@@ -134,10 +148,12 @@ def _edm_loop(key, sde, score_fn, z, num_steps, eps, rho, churn):
         # into an FMA that leaves sigma^2's rounding error, ~1e-4 sigma of noise after the
         # sqrt when gamma = 0; the product is exactly 0 then, so S_churn = 0 is deterministic.
         x_hat = x + jnp.sqrt(jnp.maximum((sigma_hat - sigma) * (sigma_hat + sigma), 0.0)) * S_noise * noise
+        x_hat = pin(x_hat, 1.0, sigma_hat)
         d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
         x_next = x_hat + (sigma_next - sigma_hat) * d
         d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
-        return parallel.constrain_batch(x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)), None
+        x_next = pin(x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next), 1.0, sigma_next)
+        return parallel.constrain_batch(x_next), None
 
     x, _ = jax.lax.scan(step, x, jnp.arange(num_steps - 1))
     # Last step to sigma = 0 is an Euler step: x_N = D(x; sigma_{N-1}).
@@ -260,6 +276,7 @@ def dpm_solver_sample(
     plus: bool = True,
     lower_order_final: bool = True,
     z=None,
+    constraint=None,
 ):
     """DPM-Solver++ (`plus=True`, data prediction) or DPM-Solver (noise prediction).
 
@@ -271,6 +288,7 @@ def dpm_solver_sample(
       lower_order_final: multistep only, as DPM-Solver's code: with fewer than 10 steps
         the last steps drop to lower order, which stabilises very few-step sampling.
     z: latents at T instead of prior samples.
+    constraint: see the module docstring; pinned after every step.
     Defaults are DPM-Solver++(2M) with 20 logSNR-uniform steps, as Lu et al. 2022b.
     Returns (x `(B, ...)` at eps, nfe).
     """
@@ -283,7 +301,7 @@ def dpm_solver_sample(
         raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
     z = _initial(key, sde, shape, z)
-    x = _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final)
+    x = _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint)
     return x, num_steps * (order if method == "singlestep" else 1)
 
 
@@ -299,8 +317,11 @@ def _multistep_orders(num_steps, order, lower_order_final):
     jax.jit,
     static_argnames=("sde", "score_fn", "num_steps", "order", "method", "spacing", "plus", "lower_order_final"),
 )
-def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final):
+def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint):
     predict = data_prediction if plus else noise_prediction
+    if constraint is not None:
+        score_fn = constraint.guide(sde, score_fn)
+    pin = _pinner(constraint)
 
     def model(x, t):
         return predict(sde, score_fn, x, t)
@@ -310,9 +331,8 @@ def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lo
     if method == "singlestep":
 
         def step(x, i):
-            return parallel.constrain_batch(
-                _singlestep_update(sde, model, x, ts[i], ts[i + 1], model(x, ts[i]), order, plus)
-            ), None
+            x = _singlestep_update(sde, model, x, ts[i], ts[i + 1], model(x, ts[i]), order, plus)
+            return parallel.constrain_batch(pin(x, *_coeffs(sde, ts[i + 1]))), None
 
         return jax.lax.scan(step, x, jnp.arange(num_steps))[0]
 
@@ -323,7 +343,7 @@ def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lo
         x, times, ms = carry  # the last three grid times and their predictions, newest last
         t = ts[i + 1]
         x = jax.lax.switch(orders[i] - 1, updates, x, (*times, t), ms)
-        x = parallel.constrain_batch(x)
+        x = parallel.constrain_batch(pin(x, *_coeffs(sde, t)))
         # The last step needs no prediction at eps: skip it, so nfe = num_steps.
         m = jax.lax.cond(i + 1 < num_steps, model, lambda x, t: jnp.zeros_like(x), x, t)
         return (x, (times[1], times[2], t), (ms[1], ms[2], m)), None
@@ -333,6 +353,11 @@ def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lo
     return jax.lax.scan(step, carry, jnp.arange(num_steps))[0][0]
 
 
-def ddim_sample(key, sde, score_fn, shape, num_steps: int = 50, eps: float | None = None, spacing="time_uniform", z=None):
+def ddim_sample(
+    key, sde, score_fn, shape, num_steps: int = 50, eps: float | None = None, spacing="time_uniform", z=None,
+    constraint=None,
+):
     """Deterministic DDIM (eta = 0): DPM-Solver-1 on time-uniform steps (Song, Meng & Ermon 2021)."""
-    return dpm_solver_sample(key, sde, score_fn, shape, num_steps, eps, order=1, spacing=spacing, z=z)
+    return dpm_solver_sample(
+        key, sde, score_fn, shape, num_steps, eps, order=1, spacing=spacing, z=z, constraint=constraint
+    )

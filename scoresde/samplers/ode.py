@@ -120,6 +120,22 @@ def probability_flow_drift(sde: sde_lib.SDE, score_fn):
     return drift
 
 
+def pinned_drift(sde: sde_lib.SDE, drift, constraint):
+    """The drift with the constraint's known part on its path x_k(t) = alpha_t data + sigma_t z:
+    the unknown components are `drift` at the pinned state `pin(x, alpha_t, sigma_t)`, the
+    known ones d/dt x_k(t) = alpha_t' data + sigma_t' z (`imputation.Imputation.pin`)."""
+
+    def coeffs(t):
+        alpha, sigma = sde.marginal_coeffs(jnp.reshape(t, (1,)))
+        return alpha[0], sigma[0]
+
+    def field(t, x):
+        (alpha, sigma), (dalpha, dsigma) = jax.jvp(coeffs, (t,), (jnp.ones_like(t),))
+        return constraint.pin(drift(t, constraint.pin(x, alpha, sigma)), dalpha, dsigma)
+
+    return field
+
+
 def _validate_eps(sde, eps):
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
     if not 0.0 < eps < sde.T:
@@ -140,6 +156,7 @@ def ode_sample(
     z=None,
     denoise: bool = False,
     max_steps: int = 16384,
+    constraint=None,
 ):
     """Sample by solving the probability-flow ODE from T down to eps.
 
@@ -149,6 +166,9 @@ def ode_sample(
         `heun`, `midpoint`, `ralston` (these need `num_steps`).
       z: latents `(B, ...)` at T to start from, instead of prior samples.
       denoise: finish with one reverse-diffusion step's mean at eps (one more evaluation).
+      constraint: None, or a pytree with `guide(sde, score_fn) -> score_fn` and
+        `pin(x, alpha, sigma) -> x` (`imputation.Imputation`): the ODE of the guided score,
+        its known part pinned to a path (`pinned_drift`). Traced, so new data does not recompile.
     Returns:
       (x `(B, ...)`, nfe). Raises `ODESolveError` if the solver stopped before eps.
     """
@@ -160,15 +180,19 @@ def ode_sample(
     if z is None:
         z = sde.prior_sampling(key, tuple(shape))
     x, nfe, ok = _ode_sample(
-        key, sde, score_fn, parallel.shard_batch(z), method, rtol, atol, num_steps, eps, denoise, max_steps
+        key, sde, score_fn, parallel.shard_batch(z), method, rtol, atol, num_steps, eps, denoise, max_steps, constraint
     )
     raise_if_failed(ok, nfe, method, max_steps)
     return x, int(nfe)
 
 
 @functools.partial(jax.jit, static_argnames=("sde", "score_fn", "method", "num_steps", "denoise", "max_steps"))
-def _ode_sample(key, sde, score_fn, z, method, rtol, atol, num_steps, eps, denoise, max_steps):
-    drift = probability_flow_drift(sde, score_fn)
+def _ode_sample(key, sde, score_fn, z, method, rtol, atol, num_steps, eps, denoise, max_steps, constraint):
+    if constraint is None:
+        drift = probability_flow_drift(sde, score_fn)
+    else:
+        score_fn = constraint.guide(sde, score_fn)
+        drift = pinned_drift(sde, probability_flow_drift(sde, score_fn), constraint)
     x, nfe, ok = solve_ode(drift, z, sde.T, eps, method, rtol, atol, num_steps, max_steps)
     if denoise:
         _, x = reverse_diffusion(sde, score_fn)(key, x, jnp.full(x.shape[:1], eps, x.dtype))

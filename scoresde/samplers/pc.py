@@ -4,6 +4,7 @@ Each predictor and corrector is built from `(sde, score_fn)` into an update
 `(key, x, t) -> (x, x_mean)` on x `(B, ...)` at times t `(B,)`. `pc_sample` runs
 corrector-then-predictor on the grid t_i = linspace(T, eps, N) inside one
 `lax.fori_loop`, and returns the noise-free mean of the last step (denoising).
+An optional `constraint` (see `samplers.imputation`) conditions the loop on known data.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def pc_sample(
     num_steps: int | None = None,
     eps: float | None = None,
     denoise: bool = True,
+    constraint=None,
 ):
     """Predictor--corrector sampling from the prior at T down to eps.
 
@@ -197,6 +199,11 @@ def pc_sample(
         chains (reverse diffusion, ancestral) use N levels, as the reference's num_scales.
       eps: last time of the grid; default 1e-3 for VP-type SDEs, 1e-5 for VE.
       denoise: return the mean of the last step, without its noise.
+      constraint: None, or a pytree with `guide(sde, score_fn) -> score_fn`,
+        `pin(x, alpha, sigma) -> x` and `project(sde, key, x, x_mean, t) -> (x, x_mean)`
+        (`imputation.Imputation`): the score is `guide`d, the prior samples start as
+        `pin(x, 1, 0)`, and `project` follows the corrector and the predictor at time t.
+        Its arrays are traced, so new data does not recompile.
     Returns:
       (x `(B, ...)`, nfe), nfe the number of score evaluations per sample path.
     """
@@ -214,7 +221,9 @@ def pc_sample(
         )
     parallel.check_divisible(shape[0])
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
-    x = _pc_loop(key, sde, score_fn, tuple(shape), predictor, corrector, jnp.asarray(snr), n_steps, eps, denoise)
+    x = _pc_loop(
+        key, sde, score_fn, tuple(shape), predictor, corrector, jnp.asarray(snr), n_steps, eps, denoise, constraint
+    )
     nfe = sde.N * (pred.nfe_per_step + corr.nfe_per_step * n_steps)
     return x, nfe
 
@@ -222,19 +231,28 @@ def pc_sample(
 @functools.partial(
     jax.jit, static_argnames=("sde", "score_fn", "shape", "predictor", "corrector", "n_steps", "denoise")
 )
-def _pc_loop(key, sde, score_fn, shape, predictor, corrector, snr, n_steps, eps, denoise):
+def _pc_loop(key, sde, score_fn, shape, predictor, corrector, snr, n_steps, eps, denoise, constraint):
+    if constraint is not None:
+        score_fn = constraint.guide(sde, score_fn)
     predictor_update = PREDICTORS[predictor].build(sde, score_fn)
     corrector_update = CORRECTORS[corrector].build(sde, score_fn, snr, n_steps)
     key, prior_key = jax.random.split(key)
     x = parallel.constrain_batch(sde.prior_sampling(prior_key, shape))
+    if constraint is not None:
+        x = constraint.pin(x, 1.0, 0.0)
     timesteps = jnp.linspace(sde.T, eps, sde.N, dtype=x.dtype)
 
     def body(i, carry):
         x, _ = carry
         t = jnp.full(shape[:1], timesteps[i], x.dtype)
         corrector_key, predictor_key = jax.random.split(jax.random.fold_in(key, i))
-        x, _ = corrector_update(corrector_key, x, t)
+        x, x_mean = corrector_update(corrector_key, x, t)
+        if constraint is not None:
+            keys = jax.random.split(jax.random.fold_in(key, sde.N + i))
+            x, _ = constraint.project(sde, keys[0], x, x_mean, t)
         x, x_mean = predictor_update(predictor_key, x, t)
+        if constraint is not None:
+            x, x_mean = constraint.project(sde, keys[1], x, x_mean, t)
         return parallel.constrain_batch(x), x_mean
 
     x, x_mean = jax.lax.fori_loop(0, sde.N, body, (x, x))
