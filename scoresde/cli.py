@@ -350,6 +350,7 @@ def cmd_train(args, overrides):
 
     config, resumed = _load_train_config(args, overrides)
     sde, model = experiment.sde_from_config(config), experiment.model_from_config(config)
+    kwargs = experiment.train_kwargs(config)  # checks the conditioning settings
     train_iter = experiment.dataset_from_config(config, "train")
     experiment.save_config(args.workdir, config)
     tb = reporting.TensorBoardWriter(os.path.join(args.workdir, "tensorboard")) if jax.process_index() == 0 else None
@@ -391,7 +392,7 @@ def cmd_train(args, overrides):
     try:
         train.train(
             model, sde, train_iter, args.workdir, example_shape=experiment.data_shape(config),
-            on_log=on_log, on_snapshot=on_snapshot, **experiment.train_kwargs(config),
+            on_log=on_log, on_snapshot=on_snapshot, **kwargs,
         )
     except train.NonFiniteLossError as err:
         raise experiment.UserError(str(err)) from err

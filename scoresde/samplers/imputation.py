@@ -1,37 +1,41 @@
 """Controllable generation by imputation: inpainting and colorization (Song et al. 2021, App. I).
 
-The known part of x is given in an orthonormal basis applied on the last axis,
-decouple(x) = x @ M, couple(u) = u @ M^-1 (M = I for inpainting, the colour basis
-`COLOR_BASIS` for colorization), with a mask in that basis (1 = known). Two methods:
+The known part of x is given in an orthonormal basis on the last axis, decouple(x) = x @ M,
+couple(u) = u @ M^-1 (M = I for inpainting, `COLOR_BASIS` for colorization), by a mask in
+that basis (1 = known). Two methods, for every sampler of `registry.SAMPLERS`:
 
-"replace" (the reference's, `controllable_generation.py`): the samplers run unchanged
-and the known part u_k of x is replaced by the data's noised marginal,
+"replace" (the reference's `controllable_generation.py`): the samplers run unchanged and
+the known part u_k is replaced by the data's noised marginal,
 
-    PC:           u_k <- alpha_t data_k + sigma_t z_fresh  after the corrector and after the
-                  predictor at the grid time t (the time before the step, as the reference);
-                  the unknown part of the noise-free mean x_mean is kept, its u_k <- alpha_t data_k.
-    ODE, fast:    u_k(t) = alpha_t data_k + sigma_t z, with ONE z drawn at the start; the ODE's
-                  known components move with d/dt u_k(t) (`ode.pinned_drift`), the fast
-                  samplers pin u_k after every step.
+    PC:        u_k <- alpha_t data_k + sigma_t z_fresh after the corrector and after the
+               predictor, both at the grid time t before the step (as the reference), and
+               u_k of the noise-free mean x_mean <- alpha_t data_k; the start is u_k = data_k.
+    ODE, fast: u_k(t) = alpha_t data_k + sigma_t z with ONE z drawn at the start: the ODE's
+               known components move with d/dt u_k(t) (`ode.pinned_drift`), the fast
+               samplers (EDM's churn included) pin u_k after every step.
 
-  Replacement is not exact even for a Gaussian target: the unknown part follows the reverse
-  SDE whose score sees x_k at the noised data, not the conditional score (see
-  tests/test_imputation.py for the measured bias and the law it does follow).
+  Replacement is not exact, even for a Gaussian target: the unknown part follows the
+  reverse SDE whose score sees x_k at its noised mean alpha_t data_k, not the conditional
+  score (tests/test_imputation.py derives that law and measures the bias).
+  Two deliberate departures from the reference: its x_mean keeps the noisy x on the
+  unknown part (`x_mean = x * (1 - mask) + ...`), so its final denoising does not reach
+  the unknown pixels; here x_mean is the predictor's. And its output's known part is
+  alpha_eps data (1 - 5e-5 of it on VP, all of it on VE); here it is the data exactly.
 
-"tmpd" (Tweedie moment projection, Boys et al. 2023): every sampler runs on the score of
-p_t(x | y = u_k(0)), with p(y | x_t) ~= N(y; x0_k, C_kk) from Tweedie's moments
+"tmpd" (Tweedie moment projection, Boys et al. 2023): the samplers run on the score of
+p_t(x | y), y = u_k(0), with p(y | x_t) ~= N(y; P x0, P C P^T) from Tweedie's moments,
 
-    x0(x) = (x + sigma_t^2 s(x, t)) / alpha_t,  C = Cov[x0 | x_t] = (sigma_t^2 / alpha_t) dx0/dx,
-    grad_x log p(y | x_t) = dx0/dx^T P^T C_kk^-1 (y - P x0),  P = (mask) o decouple,
+    x0(x) = (x + sigma_t^2 s(x, t)) / alpha_t,   C = Cov[x0 | x_t] = (sigma_t^2 / alpha_t) dx0/dx,
+    grad_x log p(y | x_t) = dx0/dx P^T v,   P C P^T v = y - P x0,   P = mask o decouple,
 
-with C_kk^-1 by `cg_iters` conjugate-gradient steps on the known coordinates (one JVP of the
-score each; dx0/dx taken symmetric). Exact for Gaussian targets when cg_iters is at least
-the number of known coordinates. A score evaluation costs 2 + cg_iters network passes (the
-score, cg_iters + 1 JVPs), counted in the returned nfe.
+v by `cg_iters` conjugate-gradient steps (one JVP of the score each; dx0/dx taken
+symmetric). Exact for a Gaussian target when cg_iters >= the number of known coordinates,
+an approximation otherwise. A guided score costs 2 + cg_iters network passes (the score
+and cg_iters + 1 JVPs), all counted in the returned nfe.
 
-Both methods end by setting the known part to the data exactly. `Imputation` is the hook the
-samplers take as `constraint`; it is a pytree whose arrays are traced, so new data or masks
-of the same shape reuse the compiled sampler.
+Both methods end by setting the known part to the data. `Imputation` is the `constraint`
+hook of the samplers: a pytree whose arrays are traced, so new data or masks of the same
+shape reuse the compiled sampler.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde import parallel, sde_lib
+from scoresde import parallel
 from scoresde.samplers import registry
 from scoresde.sde_lib import batch_broadcast as bb
 
@@ -162,6 +166,8 @@ def _imputation(data, mask, basis=None, method="replace", cg_iters=5):
     if not (isinstance(cg_iters, int) and cg_iters >= 0):
         raise ValueError(f"cg_iters must be an integer >= 0, got {cg_iters!r}.")
     data = jnp.asarray(data)
+    if not jnp.issubdtype(data.dtype, jnp.floating):
+        raise ValueError(f"data must be floating point, in the model's data space (as in training); got {data.dtype}.")
     if data.ndim < 2:
         raise ValueError(f"data must be a batch (B, ...) with at least 2 axes, got shape {data.shape}.")
     parallel.check_divisible(data.shape[0])
@@ -222,7 +228,8 @@ def _impute(key, sde, score_fn, constraint, sampler, options):
 
 
 def inpaint(key, sde, score_fn, data, mask, sampler: str = "pc", method: str = "replace", cg_iters: int = 5, **options):
-    """Fill in the unknown part of data `(B, ...)`; mask like data or broadcastable, 1 = known.
+    """Fill in the unknown part of data `(B, ...)` (in the model's data space); mask like data
+    or broadcastable to it, 1 = known.
 
     sampler: any name of `registry.SAMPLERS`, with its options (num_steps, eps, ...).
     method: "replace" (the reference) or "tmpd" (module docstring; cg_iters CG steps).
