@@ -27,6 +27,6 @@ setup(
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
     entry_points={"console_scripts": ["scoresde=scoresde.cli:main"]},
 )

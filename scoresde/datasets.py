@@ -24,7 +24,8 @@ Names:
     resize), lsun/<category> (resize the short side, then center crop), mnist,
     fashion_mnist. They must be prepared first (the error says how).
   - digits: scikit-learn's bundled 8x8 handwritten digits (no download), 17 grey
-    levels; `digits_split` fixes the train/test split.
+    levels; `digits_split` fixes the train/test split. digits_color: the same, each
+    digit tinted in one of six saturated colours (for colorization).
   - toy:<name> (or the bare name) for `scoresde.analytic.toy_target`: 8gaussians,
     grid, moons, swissroll, checkerboard. An infinite stream of fresh samples.
   - a path: a folder of PNG/JPEG images, or an .npz file holding an image array.
@@ -77,6 +78,7 @@ _DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 # Class names of the labelled data sets, for text (spelling) conditioning and for display.
 LABEL_NAMES = {
     "digits": _DIGIT_NAMES,
+    "digits_color": _DIGIT_NAMES,
     "mnist": _DIGIT_NAMES,
     "svhn_cropped": _DIGIT_NAMES,
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -476,6 +478,20 @@ def digits_split(seed: int = 0):
     return images[:n_train], labels[:n_train], images[n_train:], labels[n_train:]
 
 
+# Saturated colours of `digits_color`: red, green, blue, yellow, cyan, magenta.
+DIGIT_COLORS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]], np.float32)
+
+
+def digits_color_split(seed: int = 0):
+    """`digits_split` with each digit tinted in one of `DIGIT_COLORS` (random, fixed per
+    image): (N, 8, 8, 3) images in [0, 1]; a small RGB set for colorization on a CPU."""
+    train_x, train_y, test_x, test_y = digits_split(seed)
+    rng = np.random.default_rng([seed, 1])
+    colors = DIGIT_COLORS[rng.integers(len(DIGIT_COLORS), size=len(train_x) + len(test_x))]
+    tint = lambda x, c: x * c[:, None, None, :]  # noqa: E731
+    return tint(train_x, colors[: len(train_x)]), train_y, tint(test_x, colors[len(train_x) :]), test_y
+
+
 def _resize_all(images: np.ndarray, image_size) -> np.ndarray:
     """Resize float [0, 1] images (N, H, W, C) to image_size x image_size if needed."""
     if image_size is None or images.shape[1:3] == (image_size, image_size):
@@ -682,8 +698,8 @@ def get_dataset(
         drop_remainder=drop_remainder,
         **kwargs,
     )
-    if name == "digits":
-        train_x, train_y, test_x, test_y = digits_split(0)
+    if name in ("digits", "digits_color"):
+        train_x, train_y, test_x, test_y = (digits_split if name == "digits" else digits_color_split)(0)
         x, y = (train_x, train_y) if train else (test_x, test_y)
         x = _resize_all(x, image_size)
         return DataIterator(ArraySource(x, y), batch_size, random_flip=bool(random_flip), **common)

@@ -31,12 +31,15 @@ class UserError(Exception):
 def sde_from_config(config) -> sde_lib.SDE:
     """training.sde with the model's noise parameters and N = model.num_scales."""
     name, m = config.training.sde.lower(), config.model
-    if name in ("vpsde", "subvpsde"):
-        return sde_lib.get_sde(name, beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
-    if name == "vesde":
-        return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
-    if name == "cosinevpsde":
-        return sde_lib.CosineVPSDE(N=m.num_scales)
+    try:  # the SDEs check their parameters (beta_min < beta_max, N >= 1, ...)
+        if name in ("vpsde", "subvpsde"):
+            return sde_lib.get_sde(name, beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+        if name == "vesde":
+            return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+        if name == "cosinevpsde":
+            return sde_lib.CosineVPSDE(N=m.num_scales)
+    except ValueError as err:
+        raise UserError(f"config.model ({config.training.sde}): {err}") from None
     raise UserError(f"Unknown training.sde {config.training.sde!r}; valid: vpsde, subvpsde, vesde, cosinevpsde.")
 
 
@@ -70,6 +73,8 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, **kwa
         )
     except (datasets.DatasetNotPreparedError, FileNotFoundError) as err:
         raise UserError(str(err)) from err
+    except ValueError as err:  # datasets' checks of the name, split, batch size and files
+        raise UserError(str(err)) from None
 
 
 def data_shape(config) -> tuple[int, ...]:
@@ -157,6 +162,72 @@ def train_kwargs(config) -> dict:
     )
 
 
+def _optimizer(kwargs):
+    from scoresde import train
+
+    k = kwargs
+    return train.get_optimizer(k["lr"], k["warmup"], k["grad_clip"], k["beta1"], k["optim_eps"],
+                               weight_decay=k["weight_decay"])
+
+
+def abstract_train_state(config, sde=None, model=None, kwargs=None):
+    """The structure, shapes, dtypes and (replicated) shardings of the config's train state,
+    as `jax.ShapeDtypeStruct`s: a checkpoint's restore target, traced without computing
+    (or compiling) the initialization."""
+    from scoresde import parallel, train
+
+    sde = sde_from_config(config) if sde is None else sde
+    model = model_from_config(config) if model is None else model
+    kwargs = train_kwargs(config) if kwargs is None else kwargs
+    optimizer = _optimizer(kwargs)
+    shapes = jax.eval_shape(
+        lambda: train.init_train_state(
+            model, sde, jax.random.PRNGKey(kwargs["seed"]), data_shape(config), optimizer, kwargs["continuous"]
+        )
+    )
+    replicated = parallel.replicated()
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+
+def check_train_kwargs(config, sde, model, kwargs: dict):
+    """What `train.train` would reject, checked before anything is written: the step counts and
+    frequencies, the batch size against the devices, the objective and its loss settings, and
+    that the network can be built for the data shape. Raises UserError."""
+    from scoresde import losses
+
+    k = kwargs
+    n = k["n_jitted_steps"]
+    if not isinstance(n, int) or n < 1:
+        raise UserError(f"training.n_jitted_steps must be >= 1, got {n}.")
+    for name in ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
+        freq = k[name]
+        if freq <= 0 or freq % n:
+            raise UserError(
+                f"training.{name}={freq} must be a positive multiple of n_jitted_steps={n} "
+                "(steps run in groups of n_jitted_steps)."
+            )
+    if k["n_iters"] <= 0:
+        raise UserError(f"training.n_iters must be positive, got {k['n_iters']}.")
+    batch, devices = config.training.batch_size, jax.device_count()
+    if batch % devices:
+        raise UserError(
+            f"training.batch_size={batch} must be a multiple of the number of devices ({devices})."
+        )
+    loss_kw = dict(reduce_mean=k["reduce_mean"], continuous=k["continuous"],
+                   likelihood_weighting=k["likelihood_weighting"], parameterization=k["parameterization"])
+    try:
+        if k["objective"] == "score":
+            losses.get_loss_fn(sde, model, train=True, condition=k["condition"], p_uncond=k["p_uncond"], **loss_kw)
+        elif k["objective"] != "classifier":
+            raise UserError(f"Unknown training.objective {k['objective']!r}; valid: score, classifier.")
+    except ValueError as err:  # the losses' checks of the settings
+        raise UserError(f"config.training: {err}") from None
+    try:
+        abstract_train_state(config, sde, model, kwargs)
+    except ValueError as err:  # the networks' checks of their fields (a traced init, nothing computed)
+        raise UserError(f"The {config.model.name!r} network cannot be built from config.model: {err}") from None
+
+
 # ----------------------------------------------------------------------------- workdirs
 
 
@@ -185,7 +256,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_ema_params(workdir: str, config, step: int | None = None):
     """The EMA parameters of the latest (or given) checkpoint in `workdir`, and its step."""
-    from scoresde import checkpoints, train
+    from scoresde import checkpoints
 
     with checkpoints.CheckpointManager(workdir, async_save=False, read_only=True) as manager:
         if manager.latest() is None:
@@ -193,15 +264,8 @@ def load_ema_params(workdir: str, config, step: int | None = None):
                 f"{workdir!r} has no checkpoint yet. Train first: scoresde train --workdir {workdir} "
                 "(it resumes from config.json)."
             )
-        sde, model = sde_from_config(config), model_from_config(config)
-        kw = train_kwargs(config)
-        optimizer = train.get_optimizer(
-            kw["lr"], kw["warmup"], kw["grad_clip"], kw["beta1"], kw["optim_eps"], weight_decay=kw["weight_decay"]
-        )
-        target = train.init_train_state(
-            model, sde, jax.random.PRNGKey(0), data_shape(config), optimizer, config.training.continuous
-        )
-        state, _ = manager.restore(target, step=step)
+        # Shapes only: building the real initial state would compile the network's init.
+        state, _ = manager.restore(abstract_train_state(config), step=step)
     return state.ema_params, int(state.step)
 
 
@@ -230,14 +294,17 @@ def to_unit_range(x, config):
     return jnp.clip(x, 0.0, 1.0)
 
 
-def load_classifier(workdir: str, step: int | None = None):
+def load_classifier(workdir: str, step: int | None = None, sde: sde_lib.SDE | None = None):
     """(config, log_prob_fn, step) for the EMA noise-conditional classifier of a workdir,
-    `log_prob_fn(x, t) -> (B, num_classes)`."""
+    `log_prob_fn(x, t) -> (B, num_classes)`; with `sde`, check it was trained for that SDE."""
     from scoresde.models.classifier import get_classifier_log_prob_fn
 
     config = load_config(workdir)
     if config.training.get("objective", "score") != "classifier":
         raise UserError(f"{workdir!r} holds a score model, not a classifier (training.objective='classifier').")
+    if sde is not None and sde_from_config(config) != sde:
+        raise UserError(f"The classifier in {workdir!r} was trained for another SDE ({config.training.sde}, "
+                        f"{sde_from_config(config)}) than the model's ({sde}).")
     sde, model = sde_from_config(config), model_from_config(config)
     params, step = load_ema_params(workdir, config, step)
     return config, get_classifier_log_prob_fn(sde, model, params, continuous=config.training.continuous), step

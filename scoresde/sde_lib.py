@@ -58,6 +58,9 @@ class SDE(abc.ABC):
     def __hash__(self):
         return hash(self._fields())
 
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(vars(self).items()))})"
+
     def with_steps(self, N: int | None) -> "SDE":
         """A copy with N discretization steps (the same SDE if N is None or unchanged)."""
         if N is None or N == self.N:

@@ -6,6 +6,7 @@ in `ablate`, and the one-line errors of each.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -40,11 +41,18 @@ def error_of(*argv) -> str:
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cond")
-    dirs = {name: str(root / name) for name in ("digits_vp_class", "digits_vp", "digits_vp_classifier", "digits_ve_classifier")}
-    for name, workdir in dirs.items():
-        run("train", "--config", name, "--workdir", workdir, *TINY)
-    return dirs
+    """Tiny trained workdirs by config name, each trained on first use (so that each test's
+    time includes only the models it needs)."""
+    root, trained = tmp_path_factory.mktemp("cond"), {}
+
+    class Workdirs:
+        def __getitem__(self, name):
+            if name not in trained:
+                trained[name] = str(root / name)
+                run("train", "--config", name, "--workdir", trained[name], *TINY)
+            return trained[name]
+
+    return Workdirs()
 
 
 def test_class_conditional_sample_and_guidance(workdirs, tmp_path, capsys):
@@ -63,8 +71,6 @@ def test_class_conditional_sample_and_guidance(workdirs, tmp_path, capsys):
     assert "must lie in [0, 10)" in error_of("sample", "--workdir", workdirs["digits_vp_class"], "--label", "12")
     assert "integers" in error_of("sample", "--workdir", workdirs["digits_vp_class"], "--label", "seven")
     assert "spelling-conditioned" in error_of("sample", "--workdir", workdirs["digits_vp_class"], "--text", "seven")
-    assert "is conditional" in error_of("sample", "--workdir", workdirs["digits_vp_class"], "--classifier",
-                                        workdirs["digits_vp_classifier"])
 
 
 def test_classifier_guidance(workdirs, tmp_path):
@@ -73,8 +79,15 @@ def test_classifier_guidance(workdirs, tmp_path):
         "--classifier-scale", "2", "--label", "3", "--sampler", "dpm_solver++", "--steps", "2", "--num", "4", "--out", out)
     saved = np.load(out + ".npz")
     assert np.all(np.isfinite(saved["samples"])) and list(saved["labels"]) == [3, 3, 3, 3]
-    assert "another SDE" in error_of("sample", "--workdir", workdirs["digits_vp"], "--classifier",
-                                     workdirs["digits_ve_classifier"])
+    # The same classifier, relabelled as trained for the VE SDE.
+    ve = str(tmp_path / "ve_classifier")
+    shutil.copytree(workdirs["digits_vp_classifier"], ve)
+    config = json.load(open(os.path.join(ve, "config.json")))
+    config["training"]["sde"] = "vesde"
+    json.dump(config, open(os.path.join(ve, "config.json"), "w"))
+    assert "another SDE" in error_of("sample", "--workdir", workdirs["digits_vp"], "--classifier", ve)
+    assert "is conditional" in error_of("sample", "--workdir", workdirs["digits_vp_class"], "--classifier",
+                                        workdirs["digits_vp_classifier"])
     assert "unconditional" in error_of("sample", "--workdir", workdirs["digits_vp"], "--guidance", "1")
     assert "not a score model" in error_of("sample", "--workdir", workdirs["digits_vp_classifier"])
     assert "not a classifier" in error_of("sample", "--workdir", workdirs["digits_vp"], "--classifier",
@@ -127,6 +140,6 @@ def test_condition_config_errors(tmp_path):
     assert "condition" in error_of("train", "--config", "digits_vp", "--workdir", workdir,
                                    "--config.training.condition=labels", *TINY)
     assert "needs class labels" in error_of("train", "--config", "toy_8gaussians", "--workdir", workdir,
-                                            "--config.training.condition=class", "--config.model.num_classes=10", *TINY[:-1])
+                                            "--config.training.condition=class", "--config.model.num_classes=10", *TINY[:-2])
     saved = json.load(open(os.path.join(workdir, "config.json"))) if os.path.exists(os.path.join(workdir, "config.json")) else None
     assert saved is None  # nothing was written before the error

@@ -13,7 +13,8 @@ from scoresde.analytic import TOY_TARGETS
 
 ALL = configs.list_configs()
 IMAGE = [n for n in ALL if not n.startswith("toy_")]
-CPU = ["digits_vp", "digits_ve"] + [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
+CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_classifier", "digits_ve_classifier", "digits_vp_color"]
+CPU = ["digits_vp", "digits_ve"] + CONDITIONAL + [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
 
 REFERENCE_NAMES = {
     "vp/cifar10_ddpmpp", "vp/cifar10_ddpmpp_continuous", "vp/cifar10_ddpmpp_deep_continuous",
@@ -43,7 +44,8 @@ def test_every_config_loads_locked_and_valid(name):
         config.training.batchsize = 1  # locked: a typo cannot add a key
     configs.validate(config)
     # The toolkit's fields, in every config.
-    assert config.model.name in ("ncsnpp", "ddpm", "mlp")
+    assert config.model.name in ("ncsnpp", "ddpm", "mlp", "classifier")
+    assert (config.model.name == "classifier") == (config.training.objective == "classifier")
     assert config.model.parameterization is None
     assert config.training.sde in ("vpsde", "subvpsde", "vesde")
     for key in ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal", "probability_flow"):
@@ -53,7 +55,7 @@ def test_every_config_loads_locked_and_valid(name):
         assert key in config.eval
     # What the experiment layer builds from it (no parameters are created).
     model = experiment.model_from_config(config)
-    assert type(model).__name__.lower() == config.model.name
+    assert type(model).__name__.lower() == config.model.name or config.model.name == "classifier"
     experiment.sde_from_config(config)
     kwargs = experiment.train_kwargs(config)
     assert kwargs["ema_rate"] == config.model.ema_rate and kwargs["lr"] == config.optim.lr
@@ -253,10 +255,24 @@ def test_cpu_configs():
     assert (vp.training.sde, vp.data.centered, vp.model.embedding_type, vp.model.fir) == ("vpsde", True, "positional", False)
     assert (ve.training.sde, ve.data.centered, ve.model.embedding_type, ve.model.fir) == ("vesde", False, "fourier", True)
     assert ve.model.scale_by_sigma and ve.sampling.corrector == "langevin"
-    for name in CPU[2:]:
+    for name in CPU[2 + len(CONDITIONAL):]:
         c = configs.get_config(name)
         assert c.model.name == "mlp" and c.data.dim == 2 and c.data.dataset in TOY_TARGETS
         assert "image_size" not in c.data
+    # The conditional variants change only what they are about.
+    cls, spell = configs.get_config("digits_vp_class"), configs.get_config("digits_vp_spelling")
+    assert (cls.training.condition, cls.model.num_classes, cls.training.p_uncond) == ("class", 10, 0.1)
+    assert (spell.training.condition, spell.model.context_vocab_size, spell.model.attn_resolutions) == ("spelling", 28, (4,))
+    for name in ("digits_vp_classifier", "digits_ve_classifier"):
+        c = configs.get_config(name)
+        assert (c.training.objective, c.model.name, c.model.num_classes) == ("classifier", "classifier", 10)
+        assert c.training.sde == name.split("_")[1] + "sde" and not c.training.snapshot_sampling
+    color = configs.get_config("digits_vp_color")
+    assert (color.data.dataset, color.data.num_channels) == ("digits_color", 3)
+    for name in ("digits_vp", "digits_ve", "toy_moons"):  # every config gets the unconditional defaults
+        c = configs.get_config(name)
+        assert (c.training.objective, c.training.condition, c.model.num_classes, c.model.context_vocab_size) == (
+            "score", "none", 0, 0)
 
 
 def test_digits_network_is_small():

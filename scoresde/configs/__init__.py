@@ -430,7 +430,7 @@ def _dataset_ok(name: str) -> bool:
     from scoresde import analytic, datasets
 
     toy = name[4:] if name.startswith("toy:") else name
-    if name in datasets.TFDS_NAMES or name.startswith("lsun/") or name == "digits" or toy in analytic.TOY_TARGETS:
+    if name in datasets.TFDS_NAMES or name.startswith("lsun/") or name in ("digits", "digits_color") or toy in analytic.TOY_TARGETS:
         return True
     # A folder of images or an .npz/.npy file (it need not exist yet).
     return "/" in name or os.sep in name or name.endswith((".npz", ".npy"))

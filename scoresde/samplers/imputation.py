@@ -211,7 +211,7 @@ def _impute(key, sde, score_fn, constraint, sampler, options):
     if unknown:
         raise ValueError(
             f"Sampler {sampler!r} has no option(s) {', '.join(sorted(unknown))}; "
-            f"valid: {', '.join(k for k in valid if k not in ('z', 'constraint'))}."
+            f"valid: {', '.join(k for k in valid if k != 'z')}."
         )
     shape = constraint.target.shape
     sample_key, prior_key, z_key = jax.random.split(key, 3)

@@ -47,7 +47,8 @@ def sampler_options(name: str) -> dict:
     """The keyword options of a sampler with their defaults (beyond key, sde, score_fn, shape)."""
     fn = _lookup(name)
     params = inspect.signature(fn).parameters
-    return {k: p.default for k, p in params.items() if k not in ("key", "sde", "score_fn", "shape")}
+    internal = ("key", "sde", "score_fn", "shape", "constraint")  # constraint: the imputation hook
+    return {k: p.default for k, p in params.items() if k not in internal}
 
 
 def sample(key, sde, score_fn, shape, sampler: str = "pc", **options):
