@@ -73,7 +73,7 @@ def main():
 
     rows, panels = [], {}
     key = jax.random.PRNGKey(0)
-    samplers = [("dpm_solver++", {"num_steps": 20}), ("euler_maruyama", {"num_steps": 200})]
+    samplers = [("dpm_solver++", {"num_steps": 20}), ("euler_maruyama", {"num_steps": 100})]
 
     # Classifier-free guidance: class embedding, and cross-attention on the spelling.
     for name, method in (("digits_vp_class", "cfg, class embedding"), ("digits_vp_spelling", "cfg, cross-attention on the spelling")):

@@ -143,3 +143,19 @@ def test_condition_config_errors(tmp_path):
                                             "--config.training.condition=class", "--config.model.num_classes=10", *TINY[:-2])
     saved = json.load(open(os.path.join(workdir, "config.json"))) if os.path.exists(os.path.join(workdir, "config.json")) else None
     assert saved is None  # nothing was written before the error
+
+
+def test_colorize_writes_before_after_grid(workdirs, tmp_path):
+    image = str(tmp_path / "gray.png")
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[1:7, 3:5] = (200, 40, 40)
+    Image.fromarray(rgb).save(image)
+    out = str(tmp_path / "col")
+    run("sample", "--workdir", workdirs["digits_vp_color"], "--colorize", "--image", image, "--sampler", "ddim",
+        "--steps", "3", "--num", "2", "--out", out)
+    x = np.load(out + ".npz")["samples"]
+    # (The grey component is kept exactly before clipping to [0, 1]: tests/test_imputation.py; this
+    # 2-step model's colours are far out of range, so the saved images are clipped.)
+    assert x.shape == (2, 8, 8, 3) and np.all((0 <= x) & (x <= 1))
+    grid = np.asarray(Image.open(out + ".png"))
+    assert grid.ndim == 3 and grid.shape[0] < grid.shape[1]  # 2 rows of original | grey input | output
