@@ -51,15 +51,20 @@ def test_labelled_mixture_exact_quantities(x64):
     sde = SDES["vp"]
     x = jax.random.normal(jax.random.PRNGKey(0), (16, 2)) * 2
     t = jnp.linspace(0.05, 0.9, 16)
-    log_p_y = TARGET.class_log_prob_t(x, t, sde)
+    log_p_y = jax.jit(TARGET.class_log_prob_t, static_argnums=2)(x, t, sde)
     # Bayes: p_t(y | x) = p(y) p_t(x | y) / p_t(x), with the class-conditional mixtures.
     for y in (0, 1):
         sub = TARGET.class_conditional(y)
-        expect = np.log(TARGET.class_weights()[y]) + sub.log_prob_t(x, t, sde) - TARGET.log_prob_t(x, t, sde)
-        np.testing.assert_allclose(log_p_y[:, y], expect, atol=1e-10)
-        # The conditional score is grad log p_t(x | y).
-        grad = jax.grad(lambda x: jnp.sum(sub.log_prob_t(x, t, sde)))(x)
-        score = TARGET.score_fn(sde, conditional=True)(x, t, jnp.full((16,), y))
+
+        @jax.jit
+        def exact(x):
+            log_ratio = sub.log_prob_t(x, t, sde) - TARGET.log_prob_t(x, t, sde)
+            # The conditional score is grad log p_t(x | y).
+            grad = jax.grad(lambda x: jnp.sum(sub.log_prob_t(x, t, sde)))(x)
+            return log_ratio, grad, TARGET.score_fn(sde, conditional=True)(x, t, jnp.full((16,), y))
+
+        log_ratio, grad, score = exact(x)
+        np.testing.assert_allclose(log_p_y[:, y], np.log(TARGET.class_weights()[y]) + log_ratio, atol=1e-10)
         np.testing.assert_allclose(score, grad, atol=1e-10)
     np.testing.assert_allclose(jax.nn.logsumexp(log_p_y, -1), 0.0, atol=1e-12)
     # y = -1 (null) and y = None give the unconditional score.
@@ -79,10 +84,14 @@ def test_guidance_identity(x64, sde_name):
     y = jnp.arange(32) % 2
     cond = TARGET.score_fn(sde, conditional=True)
     classifier = lambda x, t: TARGET.class_log_prob_t(x, t, sde)  # noqa: E731
-    for w in (0.0, 1.0, 3.0):
+
+    @jax.jit
+    def both(w):
         cfg = guidance.classifier_free(cond, y, w)(x, t)
-        clf = guidance.classifier_guidance(TARGET.score_fn(sde), classifier, y, 1.0 + w)(x, t)
-        np.testing.assert_allclose(cfg, clf, rtol=1e-8, atol=1e-8)
+        return cfg, guidance.classifier_guidance(TARGET.score_fn(sde), classifier, y, 1.0 + w)(x, t)
+
+    for w in (0.0, 1.0, 3.0):
+        np.testing.assert_allclose(*both(w), rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(guidance.classifier_free(cond, y, 0.0)(x, t), cond(x, t, y), atol=1e-12)
     np.testing.assert_allclose(guidance.condition(cond, y)(x, t), cond(x, t, y), atol=1e-12)
 
@@ -136,14 +145,14 @@ def test_conditional_loss_dropout():
     key = jax.random.PRNGKey(1)
     from scoresde.train import init_params
 
-    params = init_params(model, sde, key, (2,))
+    params = jax.jit(lambda k: init_params(model, sde, k, (2,)))(key)
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(key, p.shape), params)  # labels matter
     label = lambda b: b["label"]  # noqa: E731
     kw = dict(continuous=True, reduce_mean=True)
-    uncond = losses.get_loss_fn(sde, model, train=False, **kw)(params, key, x)
-    all_null = losses.get_loss_fn(sde, model, train=True, condition=label, p_uncond=1.0, **kw)
-    none_null = losses.get_loss_fn(sde, model, train=True, condition=label, p_uncond=0.0, **kw)
-    evaluated = losses.get_loss_fn(sde, model, train=False, condition=label, p_uncond=1.0, **kw)
+    uncond = jax.jit(losses.get_loss_fn(sde, model, train=False, **kw))(params, key, x)
+    all_null = jax.jit(losses.get_loss_fn(sde, model, train=True, condition=label, p_uncond=1.0, **kw))
+    none_null = jax.jit(losses.get_loss_fn(sde, model, train=True, condition=label, p_uncond=0.0, **kw))
+    evaluated = jax.jit(losses.get_loss_fn(sde, model, train=False, condition=label, p_uncond=1.0, **kw))
     np.testing.assert_allclose(all_null(params, key, batch), uncond, rtol=1e-6)
     assert abs(float(none_null(params, key, batch)) - float(uncond)) > 1e-4
     np.testing.assert_allclose(evaluated(params, key, batch), none_null(params, key, batch), rtol=1e-6)
