@@ -193,21 +193,14 @@ def check_train_kwargs(config, sde, model, kwargs: dict):
     """What `train.train` would reject, checked before anything is written: the step counts and
     frequencies, the batch size against the devices, the objective and its loss settings, and
     that the network can be built for the data shape. Raises UserError."""
-    from scoresde import losses
+    from scoresde import losses, train
 
     k = kwargs
-    n = k["n_jitted_steps"]
-    if not isinstance(n, int) or n < 1:
-        raise UserError(f"training.n_jitted_steps must be >= 1, got {n}.")
-    for name in ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
-        freq = k[name]
-        if freq <= 0 or freq % n:
-            raise UserError(
-                f"training.{name}={freq} must be a positive multiple of n_jitted_steps={n} "
-                "(steps run in groups of n_jitted_steps)."
-            )
-    if k["n_iters"] <= 0:
-        raise UserError(f"training.n_iters must be positive, got {k['n_iters']}.")
+    freqs = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
+    try:
+        train.check_schedule(k["n_iters"], k["n_jitted_steps"], **{name: k[name] for name in freqs})
+    except ValueError as err:
+        raise UserError(str(err)) from None
     batch, devices = config.training.batch_size, jax.device_count()
     if batch % devices:
         raise UserError(

@@ -290,6 +290,21 @@ def _data_state(data) -> dict:
 # ----------------------------------------------------------------------------- train
 
 
+def check_schedule(n_iters: int, n_jitted_steps: int, **freqs: int) -> None:
+    """Raise ValueError unless n_iters > 0, n_jitted_steps >= 1 and every frequency
+    (log_freq, eval_freq, snapshot_freq, ...) is a positive multiple of n_jitted_steps."""
+    if not isinstance(n_jitted_steps, int) or n_jitted_steps < 1:
+        raise ValueError(f"training.n_jitted_steps must be >= 1 (an integer), got {n_jitted_steps!r}.")
+    for name, freq in freqs.items():
+        if freq <= 0 or freq % n_jitted_steps:
+            raise ValueError(
+                f"training.{name}={freq} must be a positive multiple of n_jitted_steps={n_jitted_steps} "
+                "(steps run in groups of n_jitted_steps)."
+            )
+    if n_iters <= 0:
+        raise ValueError(f"training.n_iters must be positive, got {n_iters}.")
+
+
 def train(
     model: nn.Module,
     sde: sde_lib.SDE,
@@ -368,19 +383,8 @@ def train(
     becomes NaN/inf; the checkpoints written before stay (none is written after).
     Checkpoints are only written after all losses up to that step were checked finite.
     """
-    for name, freq in dict(
-        log_freq=log_freq,
-        eval_freq=eval_freq,
-        snapshot_freq=snapshot_freq,
-        snapshot_freq_for_preemption=snapshot_freq_for_preemption,
-    ).items():
-        if freq <= 0 or freq % n_jitted_steps:
-            raise ValueError(
-                f"training.{name}={freq} must be a positive multiple of n_jitted_steps={n_jitted_steps} "
-                "(steps run in groups of n_jitted_steps)."
-            )
-    if n_iters <= 0:
-        raise ValueError(f"training.n_iters must be positive, got {n_iters}.")
+    check_schedule(n_iters, n_jitted_steps, log_freq=log_freq, eval_freq=eval_freq, snapshot_freq=snapshot_freq,
+                   snapshot_freq_for_preemption=snapshot_freq_for_preemption)
     # As the reference, the last group of n_jitted_steps may run past n_iters (its configs
     # use n_iters = 1 + a multiple of n_jitted_steps).
     n_iters = -(-n_iters // n_jitted_steps) * n_jitted_steps
