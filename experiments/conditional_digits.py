@@ -28,7 +28,7 @@ import numpy as np
 
 from scoresde import ablation, datasets, experiment, reporting
 from scoresde.evaluation import feature_spaces
-from scoresde.evaluation.digits import digits_logits
+from scoresde.evaluation.digits import digits_accuracy as accuracy
 from scoresde.samplers import guidance, imputation
 
 CONFIGS = ["digits_vp_class", "digits_vp_classifier", "digits_ve", "digits_ve_classifier", "digits_vp_spelling",
@@ -132,10 +132,6 @@ def held_out():
     return images, labels
 
 
-def accuracy(images, labels):
-    return float(np.mean(np.argmax(np.asarray(digits_logits(images)), -1) == labels))
-
-
 def guidance_sample(key, sde, score_fn, config, num):
     from scoresde.samplers import sample
 
@@ -196,7 +192,7 @@ def inpaint(args, test_images, test_labels):
     images, labels = test_images[:100], test_labels[:100]
     mask = np.ones_like(images)
     mask[:, :, 4:] = 0.0
-    data = 2 * images - 1  # digits_vp is centered
+    data = datasets.get_data_scaler(config.data.centered)(images)
     lines = ["| method | sampler | accuracy | rmse_hidden |", "|---|---|---|---|"]
     lines.append(f"| original digits | - | {accuracy(images, labels):.3f} | 0 |")
     blank = images * mask + 0.5 * (1 - mask)
@@ -240,12 +236,13 @@ def colorize(args):
     _, _, images, _ = datasets.digits_color_split(0)
     images = images[:100]
     gray = np.repeat(images.mean(-1, keepdims=True), 3, -1)
+    to_model = datasets.get_data_scaler(config.data.centered)
     lines = ["| images | palette_match | grey_error |", "|---|---|---|"]
     lines.append(f"| original coloured digits | {palette_match(images):.2f} | 0 |")
     lines.append(f"| grey input | {palette_match(gray):.2f} | 0 |")
     shown = {}
     for sampler, opts in (("pc", {}), ("dpm_solver++", {"num_steps": 50})):
-        x, nfe = imputation.colorize(jax.random.PRNGKey(0), sde, score_fn, 2 * gray - 1, sampler=sampler, **opts)
+        x, nfe = imputation.colorize(jax.random.PRNGKey(0), sde, score_fn, to_model(gray), sampler=sampler, **opts)
         x = np.asarray(experiment.to_unit_range(x, config))
         grey_error = float(np.abs(x.mean(-1) - gray[..., 0]).max())
         lines.append(f"| colorized, {sampler} (NFE {nfe}) | {palette_match(x):.2f} | {grey_error:.2g} |")

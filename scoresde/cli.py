@@ -331,17 +331,8 @@ def _conditioned_score_fn(args, config, sde, score_fn, num, w=None):
     return (guidance.classifier_free(score_fn, y, w) if w else guidance.condition(score_fn, y)), labels
 
 
-def _digits_accuracy(images, labels):
-    """Fraction of images `(B, 8, 8, 1)` in [0, 1] that the bundled digits classifier labels as asked."""
-    import numpy as np
-
-    from scoresde.evaluation.digits import digits_logits
-
-    return float(np.mean(np.argmax(np.asarray(digits_logits(images)), -1) == np.asarray(labels)))
-
-
 def _load_image(path, config, num):
-    """A PNG as the model's data `(num, H, W, C)` (repeated), in the model's value range."""
+    """A PNG resized to the model's data shape, repeated: `(num, H, W, C)` in [0, 1]."""
     import numpy as np
     from PIL import Image
 
@@ -352,41 +343,37 @@ def _load_image(path, config, num):
     h, w, c = experiment.data_shape(config)
     img = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     x = np.asarray(img, np.float32).reshape(h, w, c) / 255.0
-    x = 2 * x - 1 if config.data.get("centered", False) else x
     return np.repeat(x[None], num, axis=0)
 
 
 def _impute(args, key, config, sde, score_fn, name, options):
-    """--inpaint / --colorize: (inputs shown, outputs) in [0, 1], and nfe."""
+    """--inpaint / --colorize: (original, input as shown, output), each `(num, H, W, C)` in [0, 1], and nfe."""
     import numpy as np
 
-    from scoresde import experiment
+    from scoresde import datasets, experiment
     from scoresde.samplers import imputation
 
     if args.image is None:
         raise experiment.UserError("--inpaint and --colorize need --image <png>.")
     if not experiment.is_image_data(config):
         raise experiment.UserError("Inpainting and colorization need an image model; this config has 2-D points.")
-    data = _load_image(args.image, config, args.num)
+    original = _load_image(args.image, config, args.num)
+    to_model = datasets.get_data_scaler(config.data.get("centered", False))
     try:
         if args.colorize:
-            if data.shape[-1] != 3:
+            if original.shape[-1] != 3:
                 raise experiment.UserError("--colorize needs an RGB model; this one has 1 channel (use --inpaint).")
-            gray = np.repeat(data.mean(-1, keepdims=True), 3, -1)
-            x, nfe = imputation.colorize(key, sde, score_fn, gray, sampler=name, method=args.impute_method, **options)
-            shown = gray
+            shown = np.repeat(original.mean(-1, keepdims=True), 3, -1)  # the grey input
+            x, nfe = imputation.colorize(key, sde, score_fn, to_model(shown), sampler=name, method=args.impute_method,
+                                         **options)
         else:
-            mask = _load_image(args.inpaint, config, args.num)
-            mask = (experiment.to_unit_range(mask, config) > 0.5).astype(np.float32)
-            x, nfe = imputation.inpaint(key, sde, score_fn, data, mask, sampler=name, method=args.impute_method,
-                                        **options)
-            shown = experiment.to_unit_range(data, config) * mask + 0.5 * (1 - mask)  # unknown pixels grey
-            shown = 2 * shown - 1 if config.data.get("centered", False) else shown
+            mask = (_load_image(args.inpaint, config, args.num) > 0.5).astype(np.float32)
+            x, nfe = imputation.inpaint(key, sde, score_fn, to_model(original), mask, sampler=name,
+                                        method=args.impute_method, **options)
+            shown = original * mask + 0.5 * (1 - mask)  # unknown pixels grey
     except ValueError as err:
         raise experiment.UserError(str(err)) from None
-    original = experiment.to_unit_range(data, config)
-    return np.asarray(original), np.asarray(experiment.to_unit_range(shown, config)), np.asarray(
-        experiment.to_unit_range(x, config)), nfe
+    return original, shown, np.asarray(experiment.to_unit_range(x, config)), nfe
 
 
 def _write_json(path, obj):
@@ -552,7 +539,9 @@ def cmd_sample(args, overrides):
     done = {"inpaint": "inpainted ", "colorize": "colorized ", "": ""}[what]
     print(f"{args.num} {done}samples ({name}, NFE {nfe}, {wall:.1f} s) -> {prefix}.npz, {png}")
     if labels is not None and config.data.dataset == "digits" and not what:
-        print(f"accuracy of the bundled digits classifier on the requested labels: {_digits_accuracy(x, labels):.3f}")
+        from scoresde.evaluation.digits import digits_accuracy
+
+        print(f"accuracy of the bundled digits classifier on the requested labels: {digits_accuracy(x, labels):.3f}")
 
 
 def cmd_likelihood(args, overrides):
@@ -647,7 +636,9 @@ def cmd_ablate(args, overrides):
         _, labels = _conditioned_score_fn(cond, config, sde, score_fn, shape[0], w=0.0)
         if config.data.dataset == "digits":
             image_quality = quality
-            quality = lambda x: {**image_quality(x), "accuracy": _digits_accuracy(  # noqa: E731
+            from scoresde.evaluation.digits import digits_accuracy
+
+            quality = lambda x: {**image_quality(x), "accuracy": digits_accuracy(  # noqa: E731
                 experiment.to_unit_range(x, config), labels)}
             notes += (" accuracy: fraction of samples the bundled digits classifier (98.3% on real test digits) "
                       "assigns to the requested class.")

@@ -63,6 +63,11 @@ def digits_logits(images):
     return _apply(load_params(), images)[1]
 
 
+def digits_accuracy(images, labels) -> float:
+    """Fraction of images `(B, 8, 8, 1)` in [0, 1] that the classifier assigns to labels `(B,)`."""
+    return float(np.mean(np.argmax(np.asarray(digits_logits(images)), -1) == np.asarray(labels)))
+
+
 def train_classifier(steps=10000, batch_size=128, lr=2e-3, seed=0):
     """Train `DigitsClassifier` on the training split of `digits_split` with Adam(W),
     dropout and random one-pixel shifts. Returns (params, test accuracy)."""
