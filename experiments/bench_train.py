@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde import datasets, losses, sde_lib, train
+from scoresde import losses, sde_lib, train
+from scoresde.data import ArraySource, DataIterator, get_dataset
 from scoresde.models import count_params, get_model, model_kwargs
 from scoresde.models.presets import DDPMPP_CONTINUOUS
 
@@ -106,13 +107,14 @@ def bench(name, cfg):
         steps.append(timed(run_step, k) / k)
 
     if name == "digits":
-        data = datasets.get_dataset("digits", "train", batch_size=B, centered=True, random_flip=True)
+        data = get_dataset("digits", "train", batch_size=B, centered=True, random_flip=True)
     else:
         images = np.random.default_rng(0).random((4 * B,) + shape).astype(np.float32)
-        data = datasets.DataIterator(datasets.ArraySource(images), B, random_flip=True, centered=True)
+        data = DataIterator(ArraySource(images), B, random_flip=True, centered=True)
     with tempfile.TemporaryDirectory() as workdir:
-        train.train(model, sde, data, workdir, n_iters=k * (rounds + 1), log_freq=k, snapshot_freq=10**9,
-                    snapshot_freq_for_preemption=10**9, progress=False, on_log=on_log)
+        schedule = train.Schedule(n_iters=k * (rounds + 1), log_freq=k, snapshot_freq=10**9,
+                                  snapshot_freq_for_preemption=10**9)
+        train.train(model, sde, data, workdir, optimizer=opt, schedule=schedule, progress=False, on_log=on_log)
     t_bare, t_step, t_loop = min(bare), min(steps), min(loop)
     return {
         "config": name,

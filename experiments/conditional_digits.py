@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde import ablation, datasets, experiment, reporting
+from scoresde import ablation, experiment, reporting
+from scoresde.data import DIGIT_COLORS, digits_color_split, digits_split, get_data_scaler
 from scoresde.evaluation import feature_spaces
 from scoresde.evaluation.digits import digits_accuracy as accuracy
 from scoresde.samplers import guidance, imputation
@@ -128,7 +129,7 @@ def unconditional(runs, sde_name):
 
 
 def held_out():
-    _, _, images, labels = datasets.digits_split()
+    _, _, images, labels = digits_split()
     return images, labels
 
 
@@ -192,7 +193,7 @@ def inpaint(args, test_images, test_labels):
     images, labels = test_images[:100], test_labels[:100]
     mask = np.ones_like(images)
     mask[:, :, 4:] = 0.0
-    data = datasets.get_data_scaler(config.data.centered)(images)
+    data = get_data_scaler(config.data.centered)(images)
     lines = ["| method | sampler | accuracy | rmse_hidden |", "|---|---|---|---|"]
     lines.append(f"| original digits | - | {accuracy(images, labels):.3f} | 0 |")
     blank = images * mask + 0.5 * (1 - mask)
@@ -225,7 +226,7 @@ def palette_match(images, threshold=0.95):
     gray = images.mean(-1)
     stroke = gray > 0.2 / 3
     colors = np.stack([(img[m]).mean(0) if m.any() else np.ones(3) for img, m in zip(images, stroke)])
-    palette = datasets.DIGIT_COLORS / np.linalg.norm(datasets.DIGIT_COLORS, axis=1, keepdims=True)
+    palette = DIGIT_COLORS / np.linalg.norm(DIGIT_COLORS, axis=1, keepdims=True)
     cos = (colors / np.linalg.norm(colors, axis=1, keepdims=True)) @ palette.T
     return float(np.mean(cos.max(1) > threshold))
 
@@ -233,10 +234,10 @@ def palette_match(images, threshold=0.95):
 def colorize(args):
     """Grey versions of 100 coloured test digits, colorized by digits_vp_color."""
     config, sde, score_fn, _ = experiment.load_score_fn(os.path.join(args.runs, "digits_vp_color"))
-    _, _, images, _ = datasets.digits_color_split(0)
+    _, _, images, _ = digits_color_split(0)
     images = images[:100]
     gray = np.repeat(images.mean(-1, keepdims=True), 3, -1)
-    to_model = datasets.get_data_scaler(config.data.centered)
+    to_model = get_data_scaler(config.data.centered)
     lines = ["| images | palette_match | grey_error |", "|---|---|---|"]
     lines.append(f"| original coloured digits | {palette_match(images):.2f} | 0 |")
     lines.append(f"| grey input | {palette_match(gray):.2f} | 0 |")

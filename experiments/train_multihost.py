@@ -55,19 +55,16 @@ def _model():
 def run_training(workdir: str, steps: int, out: str):
     import jax
 
-    from scoresde import datasets, sde_lib, train
+    from scoresde import data, sde_lib, train
 
-    it = datasets.get_dataset("digits", "train", batch_size=32, centered=True, random_flip=True)
+    it = data.get_dataset("digits", "train", batch_size=32, centered=True, random_flip=True)
     state = train.train(
         _model(),
         sde_lib.VPSDE(),
         it,
         workdir,
-        n_iters=steps,
-        log_freq=2,
-        snapshot_freq=steps,
-        snapshot_freq_for_preemption=2,
-        warmup=2,
+        optimizer=train.get_optimizer(warmup=2),
+        schedule=train.Schedule(n_iters=steps, log_freq=2, snapshot_freq=steps, snapshot_freq_for_preemption=2),
         progress=False,
     )
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)

@@ -63,7 +63,7 @@ def _comma_separated(kind, what: str):
 
 
 _EXAMPLES = {"positive integers": "10,20,50", "numbers": "0.1,0.16"}
-# likelihood / fid-stats splits (datasets.get_dataset: CelebA and LSUN read "validation" for "test").
+# likelihood / fid-stats splits (data.get_dataset: CelebA and LSUN read "validation" for "test").
 SPLITS = ("train", "test", "eval", "validation")
 # scoresde.likelihood.DIVERGENCES (not imported here: the parser stays quick; a test compares them).
 DIVERGENCES = ("rademacher", "gaussian", "exact")
@@ -233,30 +233,26 @@ def _sampler_options(args, config):
         if not sep:
             raise SystemExit(f"scoresde: error: --option takes KEY=VALUE, got {item!r}")
         options[key] = _parse_value(value)
-    if name not in registry.SAMPLERS:
-        raise SystemExit(f"scoresde: error: unknown sampler {name!r}; valid: {', '.join(registry.SAMPLERS)}")
-    valid = registry.sampler_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise SystemExit(
-            f"scoresde: error: sampler {name!r} has no option {', '.join(unknown)}; valid: {', '.join(valid)}"
-        )
+    try:
+        registry.check_options(name, options)
+    except ValueError as err:
+        raise SystemExit(f"scoresde: error: {err}") from None
     return name, options
 
 
 def _config_sampler(config):
-    s = config.sampling
-    if s.method == "ode":
-        return "ode"
-    return "pc"
+    return config.sampling.method
 
 
 def _config_sampler_options(config, name):
-    """The config's sampling.* settings, for the sampler that the config names."""
+    """The config's sampling.* settings that apply to sampler `name`: the predictor,
+    corrector and snr of "pc", and the final denoising step of the PC family."""
     s = config.sampling
     if name == "pc":
         return {"predictor": s.predictor, "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps_each,
                 "denoise": s.noise_removal}
+    if name in ("euler_maruyama", "reverse_diffusion", "ancestral"):
+        return {"denoise": s.noise_removal}
     return {}
 
 
@@ -298,7 +294,7 @@ def _conditioned_score_fn(args, config, sde, score_fn, num, w=None):
     class labels of the samples (None when unconditional or unknown)."""
     import numpy as np
 
-    from scoresde import datasets, experiment
+    from scoresde import data, experiment
     from scoresde.samplers import guidance
 
     w = args.guidance if w is None else w
@@ -319,10 +315,10 @@ def _conditioned_score_fn(args, config, sde, score_fn, num, w=None):
     if args.text is not None:
         if config.training.condition != "spelling":
             raise experiment.UserError("--text needs a spelling-conditioned model (digits_vp_spelling); use --label.")
-        names = datasets.label_names(config.data.dataset)
+        names = data.label_names(config.data.dataset)
         labels = np.full(num, names.index(args.text.lower())) if args.text.lower() in names else None
         try:
-            y = datasets.spell([args.text] * num, config.model.context_length)
+            y = data.spell([args.text] * num, config.model.context_length)
         except ValueError as err:
             raise experiment.UserError(str(err)) from None
     else:
@@ -350,7 +346,7 @@ def _impute(args, key, config, sde, score_fn, name, options):
     """--inpaint / --colorize: (original, input as shown, output), each `(num, H, W, C)` in [0, 1], and nfe."""
     import numpy as np
 
-    from scoresde import datasets, experiment
+    from scoresde import data, experiment
     from scoresde.samplers import imputation
 
     if args.image is None:
@@ -358,7 +354,7 @@ def _impute(args, key, config, sde, score_fn, name, options):
     if not experiment.is_image_data(config):
         raise experiment.UserError("Inpainting and colorization need an image model; this config has 2-D points.")
     original = _load_image(args.image, config, args.num)
-    to_model = datasets.get_data_scaler(config.data.get("centered", False))
+    to_model = data.get_data_scaler(config.data.get("centered", False))
     try:
         if args.colorize:
             if original.shape[-1] != 3:
@@ -435,7 +431,7 @@ def cmd_train(args, overrides):
 
     config, resumed = _load_train_config(args, overrides)
     sde, model = experiment.sde_from_config(config), experiment.model_from_config(config)
-    kwargs = experiment.train_kwargs(config)  # checks the conditioning settings
+    kwargs = experiment.train_kwargs(config)  # checks the conditioning settings and the schedule
     experiment.check_train_kwargs(config, sde, model, kwargs)  # what train.train would reject
     train_iter = experiment.dataset_from_config(config, "train")
     # Only a config known to be valid is written (a mistake leaves no config.json behind).
@@ -488,10 +484,8 @@ def cmd_train(args, overrides):
         received = signals.close()
         if tb:
             tb.close()
-    # train.train runs the steps in groups of n_jitted_steps: n_iters rounded up.
-    n_iters = -(-kwargs["n_iters"] // kwargs["n_jitted_steps"]) * kwargs["n_jitted_steps"]
     step = int(state.step)
-    if step < n_iters:  # stopped on request (SIGINT / SIGTERM), with a checkpoint
+    if step < kwargs["schedule"].last_step:  # stopped on request (SIGINT / SIGTERM), with a checkpoint
         if jax.process_index() == 0:
             print(f"Stopped at step {step}; resume with: scoresde train --workdir {shlex.quote(args.workdir)}",
                   file=sys.stderr, flush=True)

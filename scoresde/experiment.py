@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from scoresde import datasets, models, sde_lib
-from scoresde.models.utils import model_kwargs
+from scoresde import data, models, sde_lib
+from scoresde.models.registry import model_kwargs
 
 
 class UserError(Exception):
@@ -57,10 +57,10 @@ def model_from_config(config):
 
 
 def dataset_from_config(config, split: str, batch_size: int | None = None, **kwargs):
-    """`datasets.get_dataset` with the config's data settings. A missing data set is a UserError."""
+    """`data.get_dataset` with the config's data settings. A missing data set is a UserError."""
     d = config.data
     try:
-        return datasets.get_dataset(
+        return data.get_dataset(
             d.dataset,
             split,
             batch_size or config.training.batch_size,
@@ -71,9 +71,9 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, **kwa
             seed=config.seed,
             **kwargs,
         )
-    except (datasets.DatasetNotPreparedError, FileNotFoundError) as err:
+    except (data.DatasetNotPreparedError, FileNotFoundError) as err:
         raise UserError(str(err)) from err
-    except ValueError as err:  # datasets' checks of the name, split, batch size and files
+    except ValueError as err:  # get_dataset's checks of the name, split, batch size and files
         raise UserError(str(err)) from None
 
 
@@ -99,7 +99,7 @@ def condition_table(config):
     if config.training.get("objective", "score") != "score":
         raise UserError("training.condition applies to score models; a classifier reads the labels already.")
     try:
-        names = datasets.label_names(config.data.dataset)
+        names = data.label_names(config.data.dataset)
     except ValueError as err:
         raise UserError(f"training.condition={kind!r} needs class labels: {err}") from None
     if kind == "class":
@@ -110,13 +110,13 @@ def condition_table(config):
             )
         return jnp.arange(len(names), dtype=jnp.int32)
     if kind == "spelling":
-        if m.get("context_vocab_size", 0) < datasets.SPELLING_VOCAB_SIZE:
+        if m.get("context_vocab_size", 0) < data.SPELLING_VOCAB_SIZE:
             raise UserError(
                 "training.condition='spelling' needs cross-attention on characters: set "
-                f"--config.model.context_vocab_size={datasets.SPELLING_VOCAB_SIZE}."
+                f"--config.model.context_vocab_size={data.SPELLING_VOCAB_SIZE}."
             )
         try:
-            return jnp.asarray(datasets.spell(names, m.context_length))
+            return jnp.asarray(data.spell(names, m.context_length))
         except ValueError as err:
             raise UserError(f"{err} Raise model.context_length.") from None
     raise UserError(f"Unknown training.condition {kind!r}; valid: none, class, spelling.")
@@ -134,40 +134,39 @@ def condition_from_labels(config, labels):
 
 
 def train_kwargs(config) -> dict:
-    """The keyword arguments of `train.train` from training.*, optim.* and model.ema_rate."""
+    """The keyword arguments of `train.train` from training.*, optim.*, model.ema_rate and
+    seed: the optimizer and its learning rate, the schedule, the objective and its loss
+    settings. Checks the conditioning settings and the schedule (UserError)."""
+    from scoresde import train
+
     t, o = config.training, config.optim
     table = condition_table(config)
+    objective = t.get("objective", "score")
+    loss_kwargs = dict(continuous=t.continuous)
+    if objective == "score":
+        loss_kwargs.update(
+            reduce_mean=t.reduce_mean,
+            likelihood_weighting=t.likelihood_weighting,
+            parameterization=config.model.get("parameterization"),
+            condition=None if table is None else (lambda batch: table[batch["label"]]),
+            p_uncond=t.get("p_uncond", 0.0),
+        )
+    try:
+        schedule = train.Schedule(
+            n_iters=t.n_iters, n_jitted_steps=t.n_jitted_steps, log_freq=t.log_freq, eval_freq=t.eval_freq,
+            snapshot_freq=t.snapshot_freq, snapshot_freq_for_preemption=t.snapshot_freq_for_preemption,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
     return dict(
-        objective=t.get("objective", "score"),
-        condition=None if table is None else (lambda batch: table[batch["label"]]),
-        p_uncond=t.get("p_uncond", 0.0),
-        n_iters=t.n_iters,
-        continuous=t.continuous,
-        reduce_mean=t.reduce_mean,
-        likelihood_weighting=t.likelihood_weighting,
-        parameterization=config.model.get("parameterization"),
-        log_freq=t.log_freq,
-        eval_freq=t.eval_freq,
-        snapshot_freq=t.snapshot_freq,
-        snapshot_freq_for_preemption=t.snapshot_freq_for_preemption,
-        n_jitted_steps=t.n_jitted_steps,
-        lr=o.lr,
-        warmup=o.warmup,
-        grad_clip=o.grad_clip,
-        beta1=o.beta1,
-        optim_eps=o.eps,
-        weight_decay=o.weight_decay,
+        optimizer=train.get_optimizer(o.lr, o.warmup, o.grad_clip, o.beta1, o.eps, weight_decay=o.weight_decay),
+        lr_schedule=train.learning_rate_schedule(o.lr, o.warmup),
+        schedule=schedule,
+        objective=objective,
+        loss_kwargs=loss_kwargs,
         ema_rate=config.model.ema_rate,
         seed=config.seed,
     )
-
-
-def _optimizer(kwargs):
-    from scoresde import train
-
-    k = kwargs
-    return train.get_optimizer(k["lr"], k["warmup"], k["grad_clip"], k["beta1"], k["optim_eps"],
-                               weight_decay=k["weight_decay"])
 
 
 def abstract_train_state(config, sde=None, model=None, kwargs=None):
@@ -179,10 +178,10 @@ def abstract_train_state(config, sde=None, model=None, kwargs=None):
     sde = sde_from_config(config) if sde is None else sde
     model = model_from_config(config) if model is None else model
     kwargs = train_kwargs(config) if kwargs is None else kwargs
-    optimizer = _optimizer(kwargs)
     shapes = jax.eval_shape(
         lambda: train.init_train_state(
-            model, sde, jax.random.PRNGKey(kwargs["seed"]), data_shape(config), optimizer, kwargs["continuous"]
+            model, sde, jax.random.PRNGKey(kwargs["seed"]), data_shape(config), kwargs["optimizer"],
+            kwargs["loss_kwargs"]["continuous"],
         )
     )
     replicated = parallel.replicated()
@@ -190,30 +189,19 @@ def abstract_train_state(config, sde=None, model=None, kwargs=None):
 
 
 def check_train_kwargs(config, sde, model, kwargs: dict):
-    """What `train.train` would reject, checked before anything is written: the step counts and
-    frequencies, the batch size against the devices, the objective and its loss settings, and
-    that the network can be built for the data shape. Raises UserError."""
-    from scoresde import losses, train
+    """What `train.train` would reject, checked before anything is written (`train_kwargs`
+    checked the schedule): the batch size against the devices, the objective and its loss
+    settings, and that the network can be built for the data shape. Raises UserError."""
+    from scoresde import train
 
-    k = kwargs
-    freqs = ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
-    try:
-        train.check_schedule(k["n_iters"], k["n_jitted_steps"], **{name: k[name] for name in freqs})
-    except ValueError as err:
-        raise UserError(str(err)) from None
     batch, devices = config.training.batch_size, jax.device_count()
     if batch % devices:
         raise UserError(
             f"training.batch_size={batch} must be a multiple of the number of devices ({devices})."
         )
-    loss_kw = dict(reduce_mean=k["reduce_mean"], continuous=k["continuous"],
-                   likelihood_weighting=k["likelihood_weighting"], parameterization=k["parameterization"])
     try:
-        if k["objective"] == "score":
-            losses.get_loss_fn(sde, model, train=True, condition=k["condition"], p_uncond=k["p_uncond"], **loss_kw)
-        elif k["objective"] != "classifier":
-            raise UserError(f"Unknown training.objective {k['objective']!r}; valid: score, classifier.")
-    except ValueError as err:  # the losses' checks of the settings
+        train.objective_loss_fn(sde, model, kwargs["objective"], True, **kwargs["loss_kwargs"])
+    except ValueError as err:  # the objective's name and the losses' checks of the settings
         raise UserError(f"config.training: {err}") from None
     try:
         abstract_train_state(config, sde, model, kwargs)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from scoresde import parallel, sde_lib
 from scoresde.samplers import ode
 from scoresde.samplers.ode import probability_flow_drift
+from scoresde.score import as_score_model
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
 
@@ -106,14 +107,14 @@ def log_likelihood(
     parallel.check_divisible(x.shape[0])
     x = parallel.shard_batch(x)
     logp, z, nfe, ok = _log_likelihood(
-        key, sde, score_fn, x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps
+        key, sde, as_score_model(score_fn), x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps
     )
     ode.raise_if_failed(ok, nfe, method, max_steps)
     return logp, z, int(nfe)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("sde", "score_fn", "divergence", "num_probes", "method", "num_steps", "max_steps")
+    jax.jit, static_argnames=("sde", "divergence", "num_probes", "method", "num_steps", "max_steps")
 )
 def _log_likelihood(key, sde, score_fn, x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps):
     drift = probability_flow_drift(sde, score_fn)

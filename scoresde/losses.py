@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde import sde_lib
-from scoresde.models.utils import drop_condition, get_score_fn, noise_labels
+from scoresde.conditioning import drop_condition
+from scoresde.score import get_score_fn, noise_labels
 from scoresde.sde_lib import batch_broadcast
 
 LossFn = Callable[[object, jax.Array, object], jax.Array]

@@ -5,10 +5,17 @@
     p_step = compile_step(step_fn, n_jitted_steps)      # jit, donate state, shard batch
     state, metrics = p_step(state, put_batch(images))
 
-or all of it, with checkpoints, metrics and resumption, `train(model, sde, data, workdir, ...)`.
+or all of it, with checkpoints, metrics and resumption:
 
-Optimization follows the reference `optimization_manager`: gradients are clipped to
-global norm `grad_clip` (negative: off), then Adam (b1=`beta1`, b2=0.999,
+    train(model, sde, data, workdir, optimizer=get_optimizer(lr=2e-4, warmup=5000),
+          schedule=Schedule(n_iters=1300001, n_jitted_steps=5), loss_kwargs=dict(reduce_mean=True))
+
+The loop's pieces are small units of their own: `Schedule` (steps and frequencies),
+`CheckpointPolicy` (which checkpoints are written and kept) and `NonFiniteGuard` (the
+stop at a NaN or infinite loss).
+
+Optimization follows the reference `optimization_manager` (`get_optimizer`): gradients
+are clipped to global norm `grad_clip` (negative: off), then Adam (b1=`beta1`, b2=0.999,
 eps=`optim_eps`) with the learning rate lr * min(step / warmup, 1), where step counts
 the updates already made (so the very first update has learning rate 0, as in the
 reference). The EMA is ema <- rate * ema + (1 - rate) * params after each update.
@@ -23,7 +30,8 @@ the global batch (`put_batch` assembles the global array with
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from scoresde import losses as losses_lib
 from scoresde import parallel, sde_lib
 from scoresde.checkpoints import CheckpointManager
-from scoresde.models.utils import noise_labels
+from scoresde.score import noise_labels
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +75,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def learning_rate_schedule(lr: float = 2e-4, warmup: int = 5000) -> Callable[[jax.Array], jax.Array]:
-    """lr * min(count / warmup, 1), with count the number of updates already made."""
+    """lr * min(count / warmup, 1), with count the number of updates already made.
+
+    Not `optax.linear_schedule(0, lr, warmup)`: it computes lr - lr * (1 - count / warmup),
+    which rounds differently in float32 (another learning rate at about 45% of the warmup
+    steps), so training would no longer reproduce the runs made so far bit for bit.
+    """
     if warmup <= 0:
         return lambda count: jnp.asarray(lr, jnp.float32)
     return lambda count: lr * jnp.minimum(jnp.asarray(count, jnp.float32) / warmup, 1.0)
@@ -82,7 +95,13 @@ def get_optimizer(
     beta2: float = 0.999,
     weight_decay: float = 0.0,
 ) -> optax.GradientTransformation:
-    """Clip by global norm (if grad_clip >= 0), Adam, linear warmup: the reference's optimizer."""
+    """The reference's optimizer: clip by global norm (if grad_clip >= 0), Adam, decoupled
+    weight decay (if weight_decay), then the learning rate `learning_rate_schedule(lr, warmup)`.
+
+    One flat `optax.chain` of optax's transformations, not `optax.adam` / `optax.adamw`,
+    which nest a chain of their own: the optimizer state's tree, and so the layout of the
+    checkpoints that runs already wrote, stays the same.
+    """
     parts = []
     if grad_clip >= 0:
         parts.append(optax.clip_by_global_norm(grad_clip))
@@ -156,6 +175,9 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, ema_rate: 
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # Not optax.incremental_update(params, ema, 1 - ema_rate): the same formula, but XLA
+        # fuses the other product into a multiply-add, and about 1 in 4 entries change in
+        # their last bits; this order reproduces the runs made so far.
         ema = jax.tree.map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate), state.ema_params, params)
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, rng=rng)
         return new_state, {"loss": loss, "grad_norm": grad_norm}
@@ -224,6 +246,149 @@ def compile_eval_step(eval_step):
     return jax.jit(constrained, out_shardings=parallel.replicated())
 
 
+# ----------------------------------------------------------------------------- loop units
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When the loop of `train` does what, counted in optimizer steps (the reference's
+    training.* names).
+
+    n_iters: the optimizer steps in all. As the reference, the last group of
+      n_jitted_steps may run past it (`last_step`; its configs use n_iters = 1 + a
+      multiple of n_jitted_steps).
+    n_jitted_steps: steps per compiled call (`compile_step`).
+    log_freq: metrics (metrics.jsonl, `on_log`) every log_freq steps and at the last step.
+    eval_freq: the EMA parameters' loss on an evaluation batch every eval_freq steps.
+    snapshot_freq, snapshot_freq_for_preemption: checkpoints (`CheckpointPolicy`).
+
+    Raises ValueError unless n_iters > 0, n_jitted_steps is an integer >= 1 and every
+    frequency is a positive multiple of it (steps run in groups of n_jitted_steps).
+    """
+
+    n_iters: int
+    n_jitted_steps: int = 1
+    log_freq: int = 50
+    eval_freq: int = 100
+    snapshot_freq: int = 50000
+    snapshot_freq_for_preemption: int = 10000
+
+    def __post_init__(self):
+        k = self.n_jitted_steps
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"training.n_jitted_steps must be >= 1 (an integer), got {k!r}.")
+        for name in ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
+            freq = getattr(self, name)
+            if freq <= 0 or freq % k:
+                raise ValueError(
+                    f"training.{name}={freq} must be a positive multiple of n_jitted_steps={k} "
+                    "(steps run in groups of n_jitted_steps)."
+                )
+        if self.n_iters <= 0:
+            raise ValueError(f"training.n_iters must be positive, got {self.n_iters}.")
+
+    @property
+    def last_step(self) -> int:
+        """The step training ends at: n_iters rounded up to a multiple of n_jitted_steps."""
+        return -(-self.n_iters // self.n_jitted_steps) * self.n_jitted_steps
+
+    def is_log_step(self, step: int) -> bool:
+        return step % self.log_freq == 0 or step == self.last_step
+
+
+class CheckpointPolicy:
+    """Which checkpoints `train` writes to `workdir` and keeps (`checkpoints.CheckpointManager`).
+
+    A periodic checkpoint every `snapshot_freq` steps and at the last step, the newest
+    `max_to_keep` of them kept (None: all, as the reference). A preemption ("meta")
+    checkpoint at the other multiples of `snapshot_freq_for_preemption` and when training
+    stops early, only the newest kept. At most one checkpoint per step. Each holds the
+    train state and the data iterator's position.
+    """
+
+    def __init__(self, workdir: str, schedule: Schedule, max_to_keep: int | None = None, async_save: bool = True):
+        self.workdir, self.schedule = workdir, schedule
+        os.makedirs(workdir, exist_ok=True)
+        self.manager = CheckpointManager(workdir, max_to_keep=max_to_keep, async_save=async_save)
+
+    def kind(self, step: int) -> str | None:
+        """"periodic", "meta" or None: the checkpoint due after `step`."""
+        s = self.schedule
+        if step % s.snapshot_freq == 0 or step == s.last_step:
+            return "periodic"
+        return "meta" if step % s.snapshot_freq_for_preemption == 0 else None
+
+    def restore(self, state: TrainState, data) -> TrainState:
+        """The newest checkpoint (onto `state`'s structure), or `state` if there is none;
+        the data iterator goes back to its saved position."""
+        restored = self.manager.restore_latest(state)
+        if restored is None:
+            return state
+        state, data_state = restored
+        if data_state and hasattr(data, "set_state"):
+            data.set_state(data_state)
+        return state
+
+    def save(self, step: int, state: TrainState, data, kind: str) -> None:
+        """Save unless a checkpoint of `step` (or a later one) exists already."""
+        latest = self.manager.latest()
+        if latest is not None and latest[0] >= step:
+            return
+        data_state = data.get_state() if hasattr(data, "get_state") else {}
+        if self.manager.save(step, state, data_state, kind=kind) and jax.process_index() == 0:
+            log.info("Saved %s checkpoint at step %d", kind, step)
+
+    def last_saved(self) -> str:
+        """Where training can go on from (after the saves in flight finish), in words."""
+        self.manager.wait_until_finished()
+        saved = self.manager.latest()
+        return f"the last good checkpoint is step {saved[0]} in {self.workdir}" if saved else "no checkpoint was saved"
+
+    def wait_until_finished(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+class NonFiniteGuard:
+    """Stops training at the first step whose loss or gradient norm is NaN or infinite.
+
+    The steps' metrics stay on the device (`add`) until `check` fetches them: `train`
+    checks at each log and before each checkpoint, so that no checkpoint is written after
+    a non-finite step. `last_saved()` says, for the error message, where to go on from.
+    """
+
+    def __init__(self, step: int, last_saved: Callable[[], str] = lambda: "no checkpoint was saved"):
+        self.checked = step  # every loss up to this step is finite
+        self.last_saved = last_saved
+        self._pending: list[dict] = []
+
+    def add(self, metrics: dict) -> None:
+        """The metrics {"loss", "grad_norm"} of the next step (or a stack of the next steps)."""
+        self._pending.append(metrics)
+
+    def check(self) -> dict | None:
+        """Fetch the pending metrics (waiting for their steps) and check them. Returns their
+        summary {"loss": mean, "last_loss", "grad_norm": last} (None: nothing pending);
+        raises `NonFiniteLossError` at the first non-finite step."""
+        if not self._pending:
+            return None
+        fetched, self._pending = jax.device_get(self._pending), []
+        loss = np.concatenate([np.atleast_1d(m["loss"]) for m in fetched])
+        gnorm = np.concatenate([np.atleast_1d(m["grad_norm"]) for m in fetched])
+        bad = ~(np.isfinite(loss) & np.isfinite(gnorm))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise NonFiniteLossError(
+                f"Non-finite training loss or gradient at step {self.checked + 1 + i} (loss={loss[i]}, "
+                f"grad_norm={gnorm[i]}); training stopped and no later checkpoint was written; "
+                f"{self.last_saved()}. Lower optim.lr, raise optim.warmup or check the data."
+            )
+        self.checked += len(loss)
+        return {"loss": float(loss.mean()), "last_loss": float(loss[-1]), "grad_norm": float(gnorm[-1])}
+
+
 # ----------------------------------------------------------------------------- loop helpers
 
 
@@ -248,13 +413,81 @@ class _StopFlag:
         self._previous = {}
 
     def requested(self, sync: bool) -> bool:
-        """Whether any process was asked to stop (`sync`: agree across processes)."""
-        flag = self.signum is not None
-        if sync and jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        """Whether any process was asked to stop. Several processes agree (a collective)
+        only where `sync` (at the same steps on all of them); elsewhere they go on."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if not sync:
+            return False
+        from jax.experimental import multihost_utils
 
-            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
-        return flag
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.signum is not None, np.int32))))
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal on another process"
+
+
+class _Reports:
+    """metrics.jsonl and the progress bar (process 0), and the training speed: steps per
+    second between two logs, less the time spent in evaluation and hooks (`paused`)."""
+
+    def __init__(self, workdir: str, step: int, last_step: int, examples_per_step: int, progress: bool):
+        is_main = jax.process_index() == 0
+        self.file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        self.bar = None
+        if progress and is_main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True, desc="train")
+        self.examples_per_step = examples_per_step
+        self.postfix: dict = {}
+        self._time, self._step, self._paused = time.perf_counter(), step, 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - start
+
+    def advance(self, steps: int):
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def train(self, step: int, summary: dict, lr: float | None) -> dict:
+        """Log the training metrics of the steps since the last log; the record written."""
+        now = time.perf_counter()
+        rate = (step - self._step) / max(now - self._time - self._paused, 1e-9)
+        self._time, self._step, self._paused = now, step, 0.0
+        record = {"step": step, **summary, **({} if lr is None else {"lr": lr}), "steps_per_sec": rate,
+                  "examples_per_sec": rate * self.examples_per_step, "time": time.time()}
+        self._write(record, loss=f"{summary['loss']:.4g}", img_s=f"{rate * self.examples_per_step:.1f}")
+        return record
+
+    def eval(self, step: int, eval_loss: float):
+        self._write({"step": step, "eval_loss": eval_loss}, eval_loss=f"{eval_loss:.4g}")
+
+    def _write(self, record: dict, **postfix):
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.bar is not None:
+            self.postfix.update(postfix)
+            self.bar.set_postfix(self.postfix)
+
+    def message(self, msg: str):
+        if jax.process_index() == 0:
+            log.warning(msg)
+            if self.bar is not None:
+                self.bar.write(msg)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _select(batch, with_labels: bool):
@@ -283,26 +516,18 @@ def _next_eval(data):
         return next(data)
 
 
-def _data_state(data) -> dict:
-    return data.get_state() if hasattr(data, "get_state") else {}
-
-
 # ----------------------------------------------------------------------------- train
 
+OBJECTIVES = {"score": losses_lib.get_loss_fn, "classifier": losses_lib.get_classifier_loss_fn}
 
-def check_schedule(n_iters: int, n_jitted_steps: int, **freqs: int) -> None:
-    """Raise ValueError unless n_iters > 0, n_jitted_steps >= 1 and every frequency
-    (log_freq, eval_freq, snapshot_freq, ...) is a positive multiple of n_jitted_steps."""
-    if not isinstance(n_jitted_steps, int) or n_jitted_steps < 1:
-        raise ValueError(f"training.n_jitted_steps must be >= 1 (an integer), got {n_jitted_steps!r}.")
-    for name, freq in freqs.items():
-        if freq <= 0 or freq % n_jitted_steps:
-            raise ValueError(
-                f"training.{name}={freq} must be a positive multiple of n_jitted_steps={n_jitted_steps} "
-                "(steps run in groups of n_jitted_steps)."
-            )
-    if n_iters <= 0:
-        raise ValueError(f"training.n_iters must be positive, got {n_iters}.")
+
+def objective_loss_fn(sde: sde_lib.SDE, model: nn.Module, objective: str, train: bool, **loss_kwargs):
+    """The loss of a training objective: "score" (denoising score matching,
+    `losses.get_loss_fn`) or "classifier" (a noise-conditional classifier for guidance,
+    `losses.get_classifier_loss_fn`); `loss_kwargs` are that function's."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown training objective {objective!r}; valid: {', '.join(OBJECTIVES)}.")
+    return OBJECTIVES[objective](sde, model, train=train, **loss_kwargs)
 
 
 def train(
@@ -311,83 +536,56 @@ def train(
     train_iter: Iterator,
     workdir: str,
     *,
-    n_iters: int,
-    # training.*
-    continuous: bool = True,
-    reduce_mean: bool = False,
-    likelihood_weighting: bool = False,
-    loss_eps: float = 1e-5,
-    parameterization: str | None = None,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
     objective: str = "score",
-    condition: Callable | None = None,
-    p_uncond: float = 0.0,
-    log_freq: int = 50,
-    eval_freq: int = 100,
-    snapshot_freq: int = 50000,
-    snapshot_freq_for_preemption: int = 10000,
-    n_jitted_steps: int = 1,
-    # optim.*
-    lr: float = 2e-4,
-    warmup: int = 5000,
-    grad_clip: float = 1.0,
-    beta1: float = 0.9,
-    optim_eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    # model.ema_rate
+    loss_kwargs: dict | None = None,
     ema_rate: float | None = None,
+    lr_schedule: Callable[[int], Any] | None = None,
     seed: int = 0,
     eval_iter: Iterator | None = None,
     example_shape=None,
     init_params=None,
-    on_snapshot: Callable[[TrainState, int], None] | None = None,
     on_log: Callable[[int, dict], None] | None = None,
+    on_snapshot: Callable[[TrainState, int], None] | None = None,
+    checkpoint_kwargs: dict | None = None,
     progress: bool = True,
     handle_signals: bool = True,
-    async_checkpointing: bool = True,
-    max_to_keep: int | None = None,
 ) -> TrainState:
-    """Train a score model; resume from `workdir` if it holds checkpoints.
-
-    Argument names follow the reference config: training.{n_iters, continuous,
-    reduce_mean, likelihood_weighting, log_freq, eval_freq, snapshot_freq,
-    snapshot_freq_for_preemption, n_jitted_steps}, optim.{lr, warmup, grad_clip,
-    beta1, eps -> optim_eps, weight_decay}, model.ema_rate (None: 0.999 for VE, 0.9999
-    otherwise), seed. `loss_eps` is the smallest time of the continuous loss (1e-5,
-    the reference's).
-
-    `objective`: "score" (denoising score matching, `losses.get_loss_fn`) or
-    "classifier" (a noise-conditional classifier for guidance,
-    `losses.get_classifier_loss_fn`; batches need labels). `condition(batch) -> y` and
-    `p_uncond` train a conditional score network with condition dropout.
+    """Train a score model (or a classifier); resume from `workdir` if it holds checkpoints.
 
     Args:
-      model: the score network (Flax linen).
-      sde: the forward SDE.
-      train_iter: an iterator of this process's batches (`get_dataset`), arrays
-        `(B_local, ...)` or dicts with "image"; with `get_state`/`set_state` the data
-        position is checkpointed and restored too.
+      model, sde: the network (Flax linen) and the forward SDE.
+      train_iter: this process's batches (`data.get_dataset`): arrays `(B_local, ...)` or
+        dicts with "image" (and "label"); with `get_state`/`set_state` its position is
+        checkpointed and restored too.
       workdir: checkpoints (`checkpoints/`, `checkpoints-meta/`) and `metrics.jsonl`.
-      n_iters: total number of optimizer steps.
-      eval_iter: optional iterator (one from `get_dataset` starts over when it ends);
-        the EMA parameters' loss on its next batch is logged every `eval_freq` steps.
+      optimizer: an optax transformation (`get_optimizer`: the reference's).
+      schedule: the steps and the log, evaluation and checkpoint frequencies (`Schedule`).
+      objective, loss_kwargs: the loss, `objective_loss_fn(sde, model, objective, train,
+        **loss_kwargs)`; loss_kwargs["continuous"] (default True) also picks the noise
+        labels the network is initialized with. A "condition" in it (or the classifier
+        objective) makes the batches need labels.
+      ema_rate: the parameters' EMA rate (None: 0.999 for VE, 0.9999 otherwise).
+      lr_schedule: the optimizer's learning rate per update count, logged as "lr" (None:
+        not logged).
+      seed: the initialization's and the steps' PRNG seed.
+      eval_iter: optional batches; the EMA parameters' loss on the next one is logged every
+        `schedule.eval_freq` steps (one from `get_dataset` starts over when it ends).
       example_shape: shape of one example (default: the iterator's `element_shape`).
       init_params: start from these parameters instead of a fresh initialization.
-      on_snapshot: `on_snapshot(state, step)`, called on every process after each
-        periodic checkpoint (e.g. for sample grids). The next step donates `state`'s
-        buffers: use it inside the hook, do not keep it.
-      on_log: `on_log(step, metrics)`, called on every process at each log.
+      on_log: `on_log(step, record)`, on every process at each log.
+      on_snapshot: `on_snapshot(state, step)`, on every process after each periodic
+        checkpoint (e.g. for sample grids). The next step donates `state`'s buffers: use
+        it inside the hook, do not keep it.
+      checkpoint_kwargs: `CheckpointPolicy`'s max_to_keep and async_save.
       progress: show a tqdm bar (process 0).
       handle_signals: SIGTERM / SIGINT save a preemption checkpoint and return.
 
-    Returns the final state. Raises `NonFiniteLossError` when the loss or gradient
-    becomes NaN/inf; the checkpoints written before stay (none is written after).
-    Checkpoints are only written after all losses up to that step were checked finite.
+    Returns the final state. Raises `NonFiniteLossError` when the loss or gradient becomes
+    NaN or infinite (`NonFiniteGuard`); the checkpoints written before it stay.
     """
-    check_schedule(n_iters, n_jitted_steps, log_freq=log_freq, eval_freq=eval_freq, snapshot_freq=snapshot_freq,
-                   snapshot_freq_for_preemption=snapshot_freq_for_preemption)
-    # As the reference, the last group of n_jitted_steps may run past n_iters (its configs
-    # use n_iters = 1 + a multiple of n_jitted_steps).
-    n_iters = -(-n_iters // n_jitted_steps) * n_jitted_steps
+    loss_kwargs = loss_kwargs or {}
     ema_rate = default_ema_rate(sde) if ema_rate is None else float(ema_rate)
     if example_shape is None:
         example_shape = getattr(train_iter, "element_shape", None)
@@ -396,170 +594,65 @@ def train(
     local_batch = getattr(train_iter, "local_batch_size", None)
     if local_batch is not None:
         parallel.check_divisible(local_batch * jax.process_count())
-
-    optimizer = get_optimizer(lr, warmup, grad_clip, beta1, optim_eps, weight_decay=weight_decay)
-    loss_kw = dict(
-        reduce_mean=reduce_mean,
-        continuous=continuous,
-        likelihood_weighting=likelihood_weighting,
-        eps=loss_eps,
-        parameterization=parameterization,
-    )
-    if objective == "score":
-        loss_kw.update(condition=condition, p_uncond=p_uncond)
-        get_loss = functools.partial(losses_lib.get_loss_fn, sde, model, **loss_kw)
-    elif objective == "classifier":
-        get_loss = functools.partial(losses_lib.get_classifier_loss_fn, sde, model, continuous=continuous, eps=loss_eps)
-    else:
-        raise ValueError(f"Unknown training objective {objective!r}; valid: score, classifier.")
-    with_labels = objective == "classifier" or condition is not None
-    p_step = compile_step(make_train_step(get_loss(train=True), optimizer, ema_rate), n_jitted_steps)
+    with_labels = objective == "classifier" or loss_kwargs.get("condition") is not None
+    n = schedule.n_jitted_steps
+    loss_fn = objective_loss_fn(sde, model, objective, True, **loss_kwargs)
+    p_step = compile_step(make_train_step(loss_fn, optimizer, ema_rate), n)
     p_eval = None
     if eval_iter is not None:
-        p_eval = compile_eval_step(make_eval_step(get_loss(train=False)))
+        p_eval = compile_eval_step(make_eval_step(objective_loss_fn(sde, model, objective, False, **loss_kwargs)))
 
-    state = init_train_state(
-        model, sde, jax.random.PRNGKey(seed), example_shape, optimizer, continuous=continuous, params=init_params
-    )
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = CheckpointManager(workdir, max_to_keep=max_to_keep, async_save=async_checkpointing)
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, data_state = restored
-        if data_state and hasattr(train_iter, "set_state"):
-            train_iter.set_state(data_state)
+    state = init_train_state(model, sde, jax.random.PRNGKey(seed), example_shape, optimizer,
+                             loss_kwargs.get("continuous", True), init_params)
+    checkpoints = CheckpointPolicy(workdir, schedule, **(checkpoint_kwargs or {}))
+    state = checkpoints.restore(state, train_iter)
     step = int(state.step)
-    is_main = jax.process_index() == 0
-    if is_main:
-        log.info("Training from step %d to %d in %s", step, n_iters, workdir)
-
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    metrics_file = open(metrics_path, "a") if is_main else None
-    bar = None
-    if progress and is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_iters, initial=step, unit="step", dynamic_ncols=True, desc="train")
+    if jax.process_index() == 0:
+        log.info("Training from step %d to %d in %s", step, schedule.last_step, workdir)
+    guard = NonFiniteGuard(step, checkpoints.last_saved)
+    reports = _Reports(workdir, step, schedule.last_step, (local_batch or 0) * jax.process_count(), progress)
     stop = _StopFlag(handle_signals)
-    schedule = learning_rate_schedule(lr, warmup)
-    examples_per_step = (local_batch or 0) * jax.process_count()
-
-    postfix: dict = {}
-    pending: list[dict] = []  # device metrics not yet checked
-    last_good = step  # all losses up to here are known finite
-    t_log, step_log = time.perf_counter(), step
-    paused = 0.0  # seconds spent in evaluation and hooks since the last log (not training)
-
-    def write(record):
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-
-    def check_pending() -> dict | None:
-        """Fetch pending metrics; raise on a non-finite value. Returns their summary."""
-        nonlocal pending, last_good
-        if not pending:
-            return None
-        fetched = jax.device_get(pending)
-        loss = np.concatenate([np.atleast_1d(m["loss"]) for m in fetched])
-        gnorm = np.concatenate([np.atleast_1d(m["grad_norm"]) for m in fetched])
-        first = last_good + 1
-        pending = []
-        bad = ~(np.isfinite(loss) & np.isfinite(gnorm))
-        if bad.any():
-            at = first + int(np.argmax(bad))
-            ckpt.wait_until_finished()
-            saved = ckpt.latest()
-            where = f"the last good checkpoint is step {saved[0]} in {workdir}" if saved else "no checkpoint was saved"
-            raise NonFiniteLossError(
-                f"Non-finite training loss or gradient at step {at} (loss={loss[np.argmax(bad)]}, "
-                f"grad_norm={gnorm[np.argmax(bad)]}); training stopped and no later checkpoint was written; "
-                f"{where}. Lower optim.lr, raise optim.warmup or check the data."
-            )
-        last_good = first + len(loss) - 1
-        return {"loss": float(loss.mean()), "last_loss": float(loss[-1]), "grad_norm": float(gnorm[-1])}
-
-    def save(kind):
-        check_pending()
-        latest = ckpt.latest()
-        if latest is not None and latest[0] >= step:
-            return
-        if ckpt.save(step, state, _data_state(train_iter), kind=kind) and is_main:
-            log.info("Saved %s checkpoint at step %d", kind, step)
-
     try:
-        while step < n_iters:
-            batch = put_batch(_next_batch(train_iter, n_jitted_steps, with_labels), stacked=n_jitted_steps > 1)
+        while step < schedule.last_step:
+            batch = put_batch(_next_batch(train_iter, n, with_labels), stacked=n > 1)
             state, metrics = p_step(state, batch)
-            pending.append(metrics)
-            step += n_jitted_steps
-            if bar is not None:
-                bar.update(n_jitted_steps)
+            guard.add(metrics)
+            step += n
+            reports.advance(n)
 
-            if step % log_freq == 0 or step == n_iters:
-                summary = check_pending()
-                now = time.perf_counter()
-                rate = (step - step_log) / max(now - t_log - paused, 1e-9)
-                t_log, step_log, paused = now, step, 0.0
-                record = {
-                    "step": step,
-                    **summary,
-                    "lr": float(schedule(step - 1)),
-                    "steps_per_sec": rate,
-                    "examples_per_sec": rate * examples_per_step,
-                    "time": time.time(),
-                }
-                write(record)
-                if bar is not None:
-                    postfix.update(loss=f"{summary['loss']:.4g}", img_s=f"{rate * examples_per_step:.1f}")
-                    bar.set_postfix(postfix)
+            if schedule.is_log_step(step):
+                lr = None if lr_schedule is None else float(lr_schedule(step - 1))
+                record = reports.train(step, guard.check(), lr)
                 if on_log is not None:
-                    t_hook = time.perf_counter()
-                    on_log(step, record)
-                    paused += time.perf_counter() - t_hook
+                    with reports.paused():
+                        on_log(step, record)
 
-            if p_eval is not None and step % eval_freq == 0:
+            if p_eval is not None and step % schedule.eval_freq == 0:
                 jax.block_until_ready(state.step)  # so that the pause excludes training work
-                t_hook = time.perf_counter()
-                eval_batch = put_batch(_select(_next_eval(eval_iter), with_labels))
-                eval_loss = float(p_eval(state, eval_batch))
-                paused += time.perf_counter() - t_hook
-                write({"step": step, "eval_loss": eval_loss})
-                if bar is not None:
-                    postfix.update(eval_loss=f"{eval_loss:.4g}")
-                    bar.set_postfix(postfix)
+                with reports.paused():
+                    eval_loss = float(p_eval(state, put_batch(_select(_next_eval(eval_iter), with_labels))))
+                reports.eval(step, eval_loss)
 
-            if step % snapshot_freq == 0 or step == n_iters:
-                save("periodic")
-                if on_snapshot is not None:
+            kind = checkpoints.kind(step)
+            if kind is not None:
+                guard.check()  # no checkpoint after a non-finite step
+                checkpoints.save(step, state, train_iter, kind)
+                if kind == "periodic" and on_snapshot is not None:
                     jax.block_until_ready(state.step)
-                    t_hook = time.perf_counter()
-                    on_snapshot(state, step)
-                    paused += time.perf_counter() - t_hook
-            elif step % snapshot_freq_for_preemption == 0:
-                save("meta")
+                    with reports.paused():
+                        on_snapshot(state, step)
 
-            # Multi-process runs agree on stopping at log steps (a collective).
-            if stop.requested(sync=False) if jax.process_count() == 1 else (
-                step % log_freq == 0 and stop.requested(sync=True)
-            ):
-                name = signal.Signals(stop.signum).name if stop.signum else "a signal on another process"
-                save("meta")
-                ckpt.wait_until_finished()
-                if is_main:
-                    msg = f"Stopped by {name} at step {step}; checkpoint saved in {workdir}."
-                    log.warning(msg)
-                    if bar is not None:
-                        bar.write(msg)
+            # Several processes agree on stopping at log steps (a collective).
+            if stop.requested(sync=step % schedule.log_freq == 0):
+                guard.check()
+                checkpoints.save(step, state, train_iter, "meta")
+                checkpoints.wait_until_finished()
+                reports.message(f"Stopped by {stop.name} at step {step}; checkpoint saved in {workdir}.")
                 break
-        check_pending()
-        ckpt.wait_until_finished()
+        guard.check()
+        checkpoints.wait_until_finished()
     finally:
         stop.restore()
-        ckpt.close()
-        if bar is not None:
-            bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
+        checkpoints.close()
+        reports.close()
     return state
-

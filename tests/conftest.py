@@ -1,7 +1,20 @@
-"""Shared fixtures."""
+"""Shared fixtures and helpers.
+
+Fixtures are found by pytest; the helpers are imported by the test files with
+`from conftest import name` (pytest puts this directory on sys.path).
+"""
+
+import contextlib
+import functools
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from scoresde import analytic, sde_lib
+
+_EVENTS = {"/jax/core/compile/backend_compile_duration": "backend", "/jax/core/compile/jaxpr_trace_duration": "trace"}
 
 
 @pytest.fixture
@@ -9,3 +22,166 @@ def x64():
     """Run the test with 64-bit floats (jax_enable_x64), restoring the previous setting after."""
     with jax.enable_x64(True):
         yield
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Count XLA compilations ("backend") and jaxpr traces ("trace") inside the block."""
+    counts = {"backend": 0, "trace": 0}
+
+    def listener(event, duration_secs, **kwargs):
+        if event in _EVENTS:
+            counts[_EVENTS[event]] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# ---------------------------------------------------------------------------------------
+# The command line (tests/test_cli*.py).
+
+
+def run(*argv):
+    """`scoresde ARGV...`, in this process."""
+    from scoresde import cli
+
+    cli.main(list(argv))
+
+
+def error_of(*argv) -> str:
+    """The message of `scoresde ARGV...`'s user error, checked to be a one-line `scoresde: error:`."""
+    from scoresde import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    message = str(info.value.code)
+    # A one-line cause (and its fix), never a traceback; a fix may add indented command lines.
+    assert message.startswith("scoresde: error:") and "Traceback" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------
+# Exact targets and their scores. One score function per (target, SDE): the samplers and
+# solvers take a plain function as a static score model, so a fresh closure per call
+# would recompile every time.
+
+# The SDEs at their default parameters, by short name.
+SDES = {
+    "vp": sde_lib.VPSDE(),
+    "subvp": sde_lib.subVPSDE(),
+    "ve": sde_lib.VESDE(),
+    "cosine": sde_lib.CosineVPSDE(),
+}
+
+
+@functools.cache
+def target(dim: int) -> analytic.GaussianMixture:
+    """`analytic.separated_mixture(dim)`: three well-separated modes of weights 1/9, 3/9, 5/9
+    with full covariances, eigenvalues in [0.1, 0.5]."""
+    return analytic.separated_mixture(dim)
+
+
+@functools.cache
+def target_score(dim: int, sde_name: str):
+    """The exact score of `target(dim)` under `SDES[sde_name]`, one function object per pair."""
+    return target(dim).score_fn(SDES[sde_name])
+
+
+def assign_modes(g, x):
+    """Component labels by the exact posterior argmax of the data mixture (at t = 0 the VP
+    marginal is the data itself: s = 1, sigma = 0)."""
+    x = jnp.asarray(x, jnp.float32)
+    post = g.posterior_t(x, jnp.zeros(x.shape[0], x.dtype), SDES["vp"])
+    return np.asarray(jnp.argmax(post, axis=1))
+
+
+class CountingScore:
+    """The exact score, counting its evaluations on device: a jax.debug.callback (test-only)
+    increments `count` once per executed evaluation, inside compiled loops (scan, while,
+    taken cond branches) too."""
+
+    def __init__(self, fn):
+        self.fn, self.count = fn, 0
+
+    def _increment(self):
+        self.count += 1
+
+    def __call__(self, x, t):
+        jax.debug.callback(self._increment)
+        return self.fn(x, t)
+
+    def reset(self):
+        jax.effects_barrier()
+        self.count = 0
+
+    def total(self):
+        jax.effects_barrier()
+        return self.count
+
+
+class TracingScore:
+    """A score_fn that counts how often it is traced (its Python body runs only while tracing)."""
+
+    def __init__(self, fn):
+        self.fn, self.traces = fn, 0
+
+    def __call__(self, x, t):
+        self.traces += 1
+        return self.fn(x, t)
+
+
+# ---------------------------------------------------------------------------------------
+# Statistical checks.
+
+K_SE = 5.0  # tolerance of every statistical comparison, in standard errors (false alarm ~6e-7 each)
+
+
+def check_gaussian(x, mean, cov):
+    """Sample mean and covariance of x `(n, d)` within K_SE standard errors of (mean, cov):
+
+      mean_i:  |m_i - mean_i| < K_SE sqrt(S_ii / n)
+      cov_ij:  |C_ij - S_ij| < K_SE sqrt((S_ii S_jj + S_ij^2) / (n - 1))  (Gaussian data)
+
+    returns the largest |error| / SE of each."""
+    n = len(x)
+    assert np.all(np.isfinite(x)), "non-finite samples"
+    z_mean = np.abs(x.mean(0) - mean) / np.sqrt(np.diag(cov) / n)
+    d = np.diag(cov)
+    se_cov = np.sqrt((np.outer(d, d) + cov**2) / (n - 1))
+    z_cov = np.abs(np.cov(x.T, ddof=1).reshape(cov.shape) - cov) / se_cov
+    assert z_mean.max() < K_SE, f"mean off by {z_mean.max():.1f} SE: {x.mean(0)} vs {mean}"
+    assert z_cov.max() < K_SE, f"covariance off by {z_cov.max():.1f} SE: {np.cov(x.T)} vs {cov}"
+    return z_mean.max(), z_cov.max()
+
+
+# ---------------------------------------------------------------------------------------
+# Networks: inputs and random parameters made in numpy (jitting `model.init` costs far
+# more than a forward pass of a tiny network).
+
+
+def images(shape=(2, 8, 8, 3), seed=0):
+    """Uniform [0, 1) float32 images."""
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
+
+
+def random_params(shapes, seed=0, vector_std=0.0, fourier_std=16.0):
+    """Random parameters with the structure (and dtypes) of `shapes`: kernels and embeddings
+    ~ N(0, 1/fan_in), GroupNorm scales 1, the Fourier projection's W ~ N(0, fourier_std^2),
+    and every other vector (biases) ~ N(0, vector_std^2), zero for vector_std = 0."""
+    rng = np.random.default_rng(seed)
+
+    def make(path, leaf):
+        name = path[-1].key
+        if leaf.ndim >= 2:
+            return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])), leaf.dtype)
+        if name == "scale":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        std = fourier_std if name == "W" else vector_std
+        if std == 0:
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        return jnp.asarray(std * rng.normal(size=leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)

@@ -21,18 +21,12 @@ from scoresde import analytic
 from scoresde.analytic import GaussianMixture
 from scoresde.sde_lib import CosineVPSDE, VESDE, VPSDE, subVPSDE
 
-K_SE = 5.0  # tolerance of every statistical comparison, in standard errors
+from conftest import K_SE, check_gaussian
+
 N_SAMPLES = 20000  # every sampler draws this many points (one shape, one compile per primitive)
 
 SDES = [VPSDE(), subVPSDE(), VESDE(), CosineVPSDE()]
 SDE_IDS = ["vp", "subvp", "ve", "cosinevp"]
-
-
-@pytest.fixture
-def x64():
-    """Enable float64 for one test; the previous setting comes back afterwards."""
-    with jax.enable_x64(True):
-        yield
 
 
 def _mixture_params(dim, full, seed=0, K=3):
@@ -220,12 +214,9 @@ def test_mixture_sample_matches_components(full):
         # Component frequency: binomial standard error.
         n_k = int(np.sum(labels == k))
         assert abs(n_k / N_SAMPLES - w[k]) < K_SE * math.sqrt(w[k] * (1 - w[k]) / N_SAMPLES)
-        # Component mean: standard error sqrt(Sigma_dd / n_k) per coordinate.
-        xk = x[labels == k]
-        np.testing.assert_array_less(np.abs(xk.mean(0) - means[k]), K_SE * np.sqrt(np.diag(cov[k]) / n_k))
-        # Component covariance: for Gaussian data Var(S_ij) = (Sigma_ii Sigma_jj + Sigma_ij^2) / (n - 1).
-        se = np.sqrt((np.outer(np.diag(cov[k]), np.diag(cov[k])) + cov[k] ** 2) / (n_k - 1))
-        np.testing.assert_array_less(np.abs(np.cov(xk, rowvar=False) - cov[k]), K_SE * se)
+        # Component mean and covariance: standard errors sqrt(Sigma_dd / n_k) per coordinate and,
+        # for Gaussian data, Var(S_ij) = (Sigma_ii Sigma_jj + Sigma_ij^2) / (n - 1).
+        check_gaussian(x[labels == k], means[k], cov[k])
     # Mixture mean and covariance properties against their definitions.
     mean = w @ means
     np.testing.assert_allclose(gm.mean, mean, rtol=1e-12)

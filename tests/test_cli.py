@@ -18,6 +18,8 @@ import pytest
 
 from scoresde import cli
 
+from conftest import error_of, run
+
 TINY = [
     "--config.training.n_iters=20",
     "--config.training.batch_size=64",
@@ -27,19 +29,6 @@ TINY = [
     "--config.training.eval_freq=5",
     "--config.training.snapshot_sampling=False",
 ]
-
-
-def run(*argv):
-    cli.main(list(argv))
-
-
-def error_of(*argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        cli.main(list(argv))
-    message = str(info.value.code)
-    # A one-line cause (and its fix), never a traceback; a fix may add indented command lines.
-    assert message.startswith("scoresde: error:") and "Traceback" not in message, message
-    return message
 
 
 def test_train_resume_sample_ablate(tmp_path):
@@ -182,9 +171,9 @@ def seen_by_likelihood(monkeypatch):
 
 def test_likelihood_splits(digits_workdir, quick_load, seen_by_likelihood):
     """--split picks the examples, whole and in order, as values in [0, 1]; --limit the first N."""
-    from scoresde import datasets
+    from scoresde import data
 
-    train_x, _, test_x, _ = datasets.digits_split(0)
+    train_x, _, test_x, _ = data.digits_split(0)
     for split, expected in (("test", test_x), ("train", train_x)):
         run("likelihood", "--workdir", digits_workdir, "--split", split, "--batch", "64", "--passes", "3")
         np.testing.assert_allclose(seen_by_likelihood["images"], expected, atol=1e-6)
@@ -439,7 +428,7 @@ def test_load_ema_params_restores_the_saved_state(toy_workdir):
     config = experiment.load_config(toy_workdir)
     sde, model, kwargs = experiment.sde_from_config(config), experiment.model_from_config(config), experiment.train_kwargs(config)
     target = train.init_train_state(model, sde, jax.random.PRNGKey(0), experiment.data_shape(config),
-                                    experiment._optimizer(kwargs), config.training.continuous)
+                                    kwargs["optimizer"], config.training.continuous)
     abstract = experiment.abstract_train_state(config)
     assert jax.tree.structure(abstract) == jax.tree.structure(target)
     for a, t in zip(jax.tree.leaves(abstract), jax.tree.leaves(target)):

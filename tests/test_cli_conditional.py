@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scoresde import cli
+from conftest import error_of, run
 
 TINY = [
     "--config.training.n_iters=2",
@@ -25,18 +25,6 @@ TINY = [
     "--config.model.nf=8",
     "--config.model.ch_mult=(1,)",
 ]
-
-
-def run(*argv):
-    cli.main(list(argv))
-
-
-def error_of(*argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        cli.main(list(argv))
-    message = str(info.value.code)
-    assert message.startswith("scoresde: error:") and "Traceback" not in message, message
-    return message
 
 
 @pytest.fixture(scope="module")

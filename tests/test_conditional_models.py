@@ -23,6 +23,9 @@ from scoresde.models import (
     param_shapes,
 )
 
+import conftest
+from conftest import images
+
 TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
 SHAPE = (2, 8, 8, 3)
 LABELS = jnp.array([100.0, 700.0])  # DDPM++'s t * 999
@@ -31,19 +34,7 @@ LABELS = jnp.array([100.0, 700.0])  # DDPM++'s t * 999
 def random_params(shapes, seed=0):
     """Random parameters shaped like `shapes`: GroupNorm scales 1, everything else random
     (kernels and embeddings ~ N(0, 1/fan_in), vectors ~ N(0, 0.1^2))."""
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        if path[-1].key == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        std = 1 / np.sqrt(np.prod(leaf.shape[:-1])) if leaf.ndim >= 2 else 0.1
-        return jnp.asarray(std * rng.normal(size=leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def images(shape=SHAPE, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
+    return conftest.random_params(shapes, seed, vector_std=0.1, fourier_std=0.1)
 
 
 def shapes_of(tree):

@@ -58,7 +58,8 @@ def test_every_config_loads_locked_and_valid(name):
     assert type(model).__name__.lower() == config.model.name or config.model.name == "classifier"
     experiment.sde_from_config(config)
     kwargs = experiment.train_kwargs(config)
-    assert kwargs["ema_rate"] == config.model.ema_rate and kwargs["lr"] == config.optim.lr
+    assert kwargs["ema_rate"] == config.model.ema_rate and kwargs["schedule"].n_iters == config.training.n_iters
+    assert float(kwargs["lr_schedule"](config.optim.warmup)) == pytest.approx(config.optim.lr, rel=1e-6)  # warmed up
     shape = experiment.data_shape(config)
     if name.startswith("toy_"):
         assert shape == (2,)

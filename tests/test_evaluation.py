@@ -295,10 +295,10 @@ def test_convert_script_with_torch(tmp_path):
 # ------------------------------------------------------------------ digits feature space
 
 
-def test_digits_split_is_the_datasets_split():
-    from scoresde import datasets
+def test_digits_split_is_the_data_split():
+    from scoresde import data
 
-    assert ev.digits_split is datasets.digits_split  # one split for training and evaluation
+    assert ev.digits_split is data.digits_split  # one split for training and evaluation
     x_tr, _, x_te, y_te = ev.digits_split(0)
     assert x_tr.shape == (1438, 8, 8, 1) and x_te.shape == (359, 8, 8, 1)
     assert set(np.unique(y_te)) == set(range(10))

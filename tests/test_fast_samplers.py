@@ -19,8 +19,8 @@ Gaussian-mixture targets whose score is exact (scoresde.analytic.separated_mixtu
 5. DDIM written with the data prediction (DPM-Solver++-1) is DDIM written with the noise
    prediction (DPM-Solver-1).
 
-Cost: the samplers are jitted with sde and score_fn as static arguments, so every score
-function is built once per (target, SDE) (`_score`) and reused, and every distinct
+Cost: the samplers are jitted with sde and a plain score function as static arguments, so every score
+function is built once per (target, SDE) (`target_score`) and reused, and every distinct
 num_steps is one compilation; those dominate the running time.
 """
 
@@ -34,31 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import analytic, sde_lib
+from scoresde import sde_lib
 from scoresde.samplers import fast, registry
 from scoresde.samplers.ode import ode_sample
 
-# x64 is the fixture of tests/conftest.py (float64 for one test, restored afterwards).
-K_SE = 5.0  # statistical tolerance in standard errors (false alarm ~6e-7 per comparison)
-
-SDES = {
-    "vp": sde_lib.VPSDE(),
-    "ve": sde_lib.VESDE(),
-    "subvp": sde_lib.subVPSDE(),
-}
-
-
-@functools.cache
-def _target(dim: int) -> analytic.GaussianMixture:
-    """Three well-separated modes, weights 1/9, 3/9, 5/9, covariance eigenvalues in [0.1, 0.5]."""
-    return analytic.separated_mixture(dim, num_modes=3, spread=4.0, seed=0)
-
-
-@functools.cache
-def _score(dim: int, sde: sde_lib.SDE):
-    """The exact score of `_target(dim)` under `sde`: one function object per pair, so
-    every jitted sampler compiled for it is reused by every test."""
-    return _target(dim).score_fn(sde)
+# From tests/conftest.py, with the x64 fixture (float64 for one test, restored afterwards):
+# K_SE (5 standard errors), the SDES by name, `target(dim)` (three well-separated modes,
+# weights 1/9, 3/9, 5/9, covariance eigenvalues in [0.1, 0.5]) and its exact score
+# `target_score(dim, sde_name)`, one function object per pair, so that every jitted sampler
+# compiled for it is reused by every test.
+from conftest import K_SE, SDES, CountingScore, assign_modes, target, target_score
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,7 +60,7 @@ def _reference(sde_name: str):
     at 1e-10; rtol/atol are traced, so this costs no second compilation)."""
     assert jax.config.jax_enable_x64, "the order tests need float64"
     sde = SDES[sde_name]
-    score_fn = _score(ORDER_DIM, sde)
+    score_fn = target_score(ORDER_DIM, sde_name)
     shape = (ORDER_BATCH, ORDER_DIM)
     z = sde.prior_sampling(jax.random.PRNGKey(1), shape)
     tight, _ = ode_sample(KEY, sde, score_fn, shape, method="dopri8", rtol=1e-12, atol=1e-12, z=z)
@@ -152,7 +137,7 @@ ORDER_TOL = 0.2
 )
 def test_order_of_convergence(sde_name, solver, order, steps, x64):
     sde = SDES[sde_name]
-    score_fn = _score(ORDER_DIM, sde)
+    score_fn = target_score(ORDER_DIM, sde_name)
     z, ref, ref_error = _reference(sde_name)
     eps = sde_lib.default_eps(sde)
     if solver == "edm_heun":
@@ -184,7 +169,8 @@ def test_order_of_convergence(sde_name, solver, order, steps, x64):
 # 2. Samples at about 20 NFE against the target (float32, as used in practice).
 
 N_SAMPLES = 4000
-SAMPLE_SDE = sde_lib.VPSDE()
+SAMPLE_SDE_NAME = "vp"
+SAMPLE_SDE = SDES[SAMPLE_SDE_NAME]
 # An exact sample is misassigned (argmax of the posterior at t = 0) with probability
 # below 1e-4: the modes are >= 5.6 apart and no standard deviation exceeds 0.71.
 # Discretization moves a few samples across a boundary: measured against the dopri8
@@ -214,14 +200,8 @@ SAMPLE_CASES = [("dpm_solver++", 20), ("dpm_solver", 20), ("edm_heun", 49)]
 EDM_SAMPLE_STEPS = registry.num_steps_for_nfe("edm_heun", 49)  # 25
 
 
-def _labels(gmm, x):
-    """The most probable component of each sample under the clean target."""
-    post = gmm.posterior_t(jnp.asarray(x), jnp.zeros(x.shape[0], x.dtype), SAMPLE_SDE)
-    return np.asarray(jnp.argmax(post, axis=-1))
-
-
 def _check_weights(gmm, x):
-    labels = _labels(gmm, x)
+    labels = assign_modes(gmm, x)  # the most probable component under the clean target
     freq = np.bincount(labels, minlength=gmm.num_components) / len(labels)
     w = gmm.weights
     se = np.sqrt(w * (1 - w) / len(labels))
@@ -241,9 +221,10 @@ def _check_means(gmm, x, labels):
 @pytest.mark.parametrize("dim", [2, 16])
 @pytest.mark.parametrize("name, nfe", SAMPLE_CASES, ids=[c[0] for c in SAMPLE_CASES])
 def test_samples_match_target(name, nfe, dim):
-    gmm = _target(dim)
+    gmm = target(dim)
     num_steps = registry.num_steps_for_nfe(name, nfe)
-    x, used = registry.sample(KEY, SAMPLE_SDE, _score(dim, SAMPLE_SDE), (N_SAMPLES, dim), sampler=name, num_steps=num_steps)
+    score_fn = target_score(dim, SAMPLE_SDE_NAME)
+    x, used = registry.sample(KEY, SAMPLE_SDE, score_fn, (N_SAMPLES, dim), sampler=name, num_steps=num_steps)
     assert used <= nfe and used >= nfe - 2
     assert x.shape == (N_SAMPLES, dim) and bool(jnp.all(jnp.isfinite(x)))
     labels = _check_weights(gmm, x)
@@ -259,7 +240,7 @@ def test_samples_match_target(name, nfe, dim):
 )
 def test_edm_churn_zero_is_deterministic(S_min, S_max, S_noise):
     # The churn parameters are traced, so these all share the compilation of test 2.
-    args = (KEY, SAMPLE_SDE, _score(2, SAMPLE_SDE), (N_SAMPLES, 2))
+    args = (KEY, SAMPLE_SDE, target_score(2, SAMPLE_SDE_NAME), (N_SAMPLES, 2))
     x_det, nfe_det = fast.edm_sample(*args, num_steps=EDM_SAMPLE_STEPS)
     x, nfe = fast.edm_sample(
         *args, num_steps=EDM_SAMPLE_STEPS, S_churn=0.0, S_min=S_min, S_max=S_max, S_noise=S_noise
@@ -273,7 +254,7 @@ def test_edm_deterministic_does_not_depend_on_key():
     # into an FMA; with gamma = 0 it left sqrt(rounding error of sigma^2) ~ 1e-4 sigma, so
     # the "deterministic" sampler added the key's noise (up to 2.9 apart in float32 for
     # two keys and the same z). Given z, the key must not matter.
-    sde, score_fn, shape = SAMPLE_SDE, _score(2, SAMPLE_SDE), (N_SAMPLES, 2)
+    sde, score_fn, shape = SAMPLE_SDE, target_score(2, SAMPLE_SDE_NAME), (N_SAMPLES, 2)
     z = sde.prior_sampling(KEY, shape)
     a, _ = fast.edm_sample(KEY, sde, score_fn, shape, num_steps=EDM_SAMPLE_STEPS, z=z)
     b, _ = fast.edm_sample(jax.random.PRNGKey(1), sde, score_fn, shape, num_steps=EDM_SAMPLE_STEPS, z=z)
@@ -286,8 +267,8 @@ def test_edm_churn_differs_and_keeps_mode_weights(dim):
     # weights are checked: with churn the discretization bias at 25 steps is larger than
     # the deterministic sampler's (the means and variances are visibly off at 18 steps
     # and converge as num_steps grows).
-    gmm = _target(dim)
-    args = (KEY, SAMPLE_SDE, _score(dim, SAMPLE_SDE), (N_SAMPLES, dim))
+    gmm = target(dim)
+    args = (KEY, SAMPLE_SDE, target_score(dim, SAMPLE_SDE_NAME), (N_SAMPLES, dim))
     x_det, _ = registry.sample(*args, sampler="edm_heun", num_steps=EDM_SAMPLE_STEPS)
     x, nfe = registry.sample(*args, sampler="edm_stochastic", num_steps=EDM_SAMPLE_STEPS)
     assert nfe == 2 * EDM_SAMPLE_STEPS - 1
@@ -305,24 +286,9 @@ TINY_SHAPE = (8, 2)
 TINY_NFE = 50
 
 
-class _CountedScore:
-    """The exact score, counting its evaluations on the host (jax.debug.callback runs once
-    per evaluation that is executed, also inside scan, while and taken cond branches)."""
-
-    def __init__(self, score_fn):
-        self.score_fn, self.count = score_fn, 0
-
-    def _bump(self, _):
-        self.count += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._bump, t[0])
-        return self.score_fn(x, t)
-
-
 @functools.cache
 def _counted_score():
-    return _CountedScore(_score(TINY_SHAPE[1], SAMPLE_SDE))
+    return CountingScore(target_score(TINY_SHAPE[1], SAMPLE_SDE_NAME))
 
 
 @pytest.mark.parametrize("name", list(registry.SAMPLERS))
@@ -330,14 +296,13 @@ def test_registry_runs_every_sampler_and_counts_nfe(name):
     score = _counted_score()
     num_steps = registry.num_steps_for_nfe(name, TINY_NFE)
     options = {} if num_steps is None else {"num_steps": num_steps}  # None: adaptive
-    score.count = 0
+    score.reset()
     x, nfe = registry.sample(jax.random.PRNGKey(3), SAMPLE_SDE, score, list(TINY_SHAPE), sampler=name, **options)
     x = jax.block_until_ready(x)
-    jax.effects_barrier()
     assert x.shape == TINY_SHAPE and x.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(x)))
     assert isinstance(nfe, int)
-    assert nfe == score.count, (nfe, score.count)  # the returned nfe is the true count
+    assert nfe == score.total(), (nfe, score.count)  # the returned nfe is the true count
     if num_steps is not None:
         assert TINY_NFE - 2 <= nfe <= TINY_NFE  # num_steps_for_nfe keeps within the budget
 
@@ -358,7 +323,7 @@ def test_registry_documented_nfe():
 
 
 def test_registry_unknown_names_raise():
-    sde, score = SAMPLE_SDE, _score(2, SAMPLE_SDE)
+    sde, score = SAMPLE_SDE, target_score(2, SAMPLE_SDE_NAME)
     with pytest.raises(ValueError, match="valid names") as info:
         registry.sample(KEY, sde, score, TINY_SHAPE, sampler="no_such_sampler")
     assert all(name in str(info.value) for name in registry.SAMPLERS)
@@ -403,7 +368,7 @@ def test_ddim_data_and_noise_prediction_agree(sde_name, x64):
     # sigma_t/sigma_s x - alpha_t (e^-h - 1) x_0 with x_0 = (x - sigma_s eps)/alpha_s and
     # e^-h = alpha_s sigma_t / (alpha_t sigma_s) is alpha_t/alpha_s x - sigma_t (e^h - 1) eps.
     sde = SDES[sde_name]
-    score_fn = _score(ORDER_DIM, sde)
+    score_fn = target_score(ORDER_DIM, sde_name)
     z = _reference(sde_name)[0]
     n = _STEPS[0]  # plus=True on this grid is test 1's DDIM: a cached compilation
     common = dict(num_steps=n, order=1, spacing="time_uniform", z=z)

@@ -179,9 +179,10 @@ def test_trained_conditional_model_separates_classes(tmp_path):
 
     model = models.get_model("mlp", num_classes=2, hidden=64, num_layers=2)
     state = train.train(
-        model, sde, data(), str(tmp_path), n_iters=400, example_shape=(2,), condition=lambda b: b["label"],
-        p_uncond=0.2, lr=3e-3, warmup=50, ema_rate=0.99, reduce_mean=True, progress=False, handle_signals=False,
-        log_freq=100, snapshot_freq=400, snapshot_freq_for_preemption=400, async_checkpointing=False,
+        model, sde, data(), str(tmp_path), example_shape=(2,), optimizer=train.get_optimizer(lr=3e-3, warmup=50),
+        schedule=train.Schedule(n_iters=400, log_freq=100, snapshot_freq=400, snapshot_freq_for_preemption=400),
+        loss_kwargs=dict(condition=lambda b: b["label"], p_uncond=0.2, reduce_mean=True), ema_rate=0.99,
+        progress=False, handle_signals=False, checkpoint_kwargs=dict(async_save=False),
     )
     score_fn = models.get_score_fn(sde, model, state.ema_params)
     n = 512

@@ -40,13 +40,13 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from scoresde import analytic, sde_lib
+from scoresde import analytic
 from scoresde.samplers import COLOR_BASIS, colorize, imputation, inpaint, observation_score_fn
 from scoresde.samplers import fast as fast_module
 from scoresde.samplers import pc as pc_module
 
-K_SE = 5.0
-SDES = {"vp": sde_lib.VPSDE(), "ve": sde_lib.VESDE()}
+from conftest import K_SE, SDES, TracingScore, check_gaussian
+
 PRIOR_VAR = {"vp": 1.0, "ve": 50.0**2}
 EPS = {"vp": 1e-3, "ve": 1e-5}
 
@@ -84,20 +84,6 @@ def conditional(mu, S, known, a):
     gain = S[np.ix_(u, known)] @ np.linalg.inv(S[np.ix_(known, known)])
     mean = mu[u] + (a - mu[known]) @ gain.T
     return mean, S[np.ix_(u, u)] - gain @ S[np.ix_(known, u)]
-
-
-def check_gaussian(x, mean, cov):
-    """Sample mean and covariance of x `(n, d)` within K_SE standard errors of (mean, cov);
-    returns the largest |error| / SE of each."""
-    n = len(x)
-    assert np.all(np.isfinite(x)), "non-finite samples"
-    z_mean = np.abs(x.mean(0) - mean) / np.sqrt(np.diag(cov) / n)
-    d = np.diag(cov)
-    se_cov = np.sqrt((np.outer(d, d) + cov**2) / (n - 1))
-    z_cov = np.abs(np.cov(x.T, ddof=1).reshape(cov.shape) - cov) / se_cov
-    assert z_mean.max() < K_SE, f"mean off by {z_mean.max():.1f} SE: {x.mean(0)} vs {mean}"
-    assert z_cov.max() < K_SE, f"covariance off by {z_cov.max():.1f} SE: {np.cov(x.T)} vs {cov}"
-    return z_mean.max(), z_cov.max()
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,17 +417,6 @@ def test_other_samplers_keep_the_known_part(sampler):
 
 # ---------------------------------------------------------------------------------------
 # Compilation caching and validation.
-
-
-class TracingScore:
-    """A score_fn counting how often it is traced."""
-
-    def __init__(self, fn):
-        self.fn, self.traces = fn, 0
-
-    def __call__(self, x, t):
-        self.traces += 1
-        return self.fn(x, t)
 
 
 _TRACING = TracingScore(score("rho", "vp"))

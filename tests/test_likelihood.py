@@ -19,29 +19,15 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from scoresde import analytic, likelihood, sde_lib
+from scoresde import analytic, likelihood
 from scoresde.likelihood import bits_per_dim, bpd_offset, dequantize, evaluate_bpd, log_likelihood
 from scoresde.samplers import ode_encode
 
-SDES = {
-    "vp": sde_lib.VPSDE(),
-    "subvp": sde_lib.subVPSDE(),
-    "ve": sde_lib.VESDE(),
-    "cosine": sde_lib.CosineVPSDE(),
-}
+from conftest import SDES, target, target_score
+
 EPS = 1e-5  # log_likelihood's default starting time (Song et al.'s likelihood eps)
 TOL = dict(rtol=1e-5, atol=1e-5)
 BATCH = 32
-
-
-@functools.cache
-def target(dim: int) -> analytic.GaussianMixture:
-    return analytic.separated_mixture(dim)
-
-
-@functools.cache
-def score(dim: int, sde_name: str):
-    return target(dim).score_fn(SDES[sde_name])
 
 
 def data(dim: int):
@@ -53,7 +39,7 @@ def exact_logp(dim: int, sde_name: str):
     """Cached (logp, z) of the exact-divergence solve at TOL, in float64."""
     with jax.enable_x64(True):
         logp, z, _ = log_likelihood(
-            jax.random.key(0), SDES[sde_name], score(dim, sde_name), data(dim), divergence="exact", eps=EPS, **TOL
+            jax.random.key(0), SDES[sde_name], target_score(dim, sde_name), data(dim), divergence="exact", eps=EPS, **TOL
         )
         return np.asarray(logp), z
 
@@ -106,7 +92,7 @@ def test_latent_is_the_ode_encode_latent(x64):
     error and not a different latent shows by tightening both to 1e-9, where the
     difference must shrink below 1e-7.
     """
-    sde, sf, x = SDES["vp"], score(8, "vp"), data(8)
+    sde, sf, x = SDES["vp"], target_score(8, "vp"), data(8)
     _, z = exact_logp(8, "vp")
     z_enc, _ = ode_encode(sde, sf, x, eps=EPS, **TOL)
     rel = float(jnp.linalg.norm(z - z_enc) / jnp.linalg.norm(z_enc))
@@ -125,7 +111,7 @@ NUM_TEST_KEYS = 8  # runs per K for the tests
 
 
 def _hutchinson_errors(divergence, num_probes, keys, exact):
-    sde, sf, x = SDES["vp"], score(8, "vp"), data(8)
+    sde, sf, x = SDES["vp"], target_score(8, "vp"), data(8)
     errors = []
     for k in keys:
         logp, _, _ = log_likelihood(

@@ -28,31 +28,12 @@ from scoresde.models import (
 )
 from scoresde.models import up_or_down_sampling as updown
 
+# random_params: kernels ~ N(0, 1/fan_in), GroupNorm scales 1, biases 0, Fourier W ~ N(0, 16^2).
+from conftest import images, random_params
+
 TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
 # One resolution, no attention: the cheapest NCSN++ to compile, for the top-level flags.
 MINIMAL = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.5, init_scale=1.0)
-
-
-def random_params(shapes, seed=0):
-    """Random parameters with the structure of `shapes`: kernels ~ N(0, 1/fan_in),
-    GroupNorm scales 1, biases 0, Fourier W ~ N(0, 16^2)."""
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        name = path[-1].key
-        if leaf.ndim >= 2:
-            return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])), leaf.dtype)
-        if name == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        if name == "W":
-            return jnp.asarray(16 * rng.normal(size=leaf.shape), leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def images(shape=(2, 8, 8, 3), seed=0):
-    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------

@@ -27,56 +27,24 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scoresde import analytic, sde_lib
 from scoresde.samplers import CORRECTORS, PREDICTORS, ODESolveError, ode_encode, ode_sample, pc_sample
 from scoresde.samplers import ode as ode_module
 from scoresde.samplers import pc as pc_module
 
-SDES = {
-    "vp": sde_lib.VPSDE(),
-    "subvp": sde_lib.subVPSDE(),
-    "ve": sde_lib.VESDE(),
-    "cosine": sde_lib.CosineVPSDE(),
-}
+from conftest import SDES, CountingScore, TracingScore, assign_modes, target, target_score
 
 # ---------------------------------------------------------------------------------------
-# Targets, exact scores (one score_fn per (target, sde): the samplers are jitted with the
-# score_fn as a static argument, so a fresh closure per call would recompile every time).
-
-
-@functools.cache
-def target(dim: int) -> analytic.GaussianMixture:
-    return analytic.separated_mixture(dim)
-
-
-class CountingScore:
-    """The exact score, counting its evaluations on device: a jax.debug.callback (test-only)
-    increments `count` once per executed evaluation, inside compiled loops too. The
-    accuracy tests below use it, so every sampler run also checks that the returned nfe
-    is the true number of score evaluations, at no extra compilation."""
-
-    def __init__(self, fn):
-        self.fn, self.count = fn, 0
-
-    def _increment(self):
-        self.count += 1
-
-    def __call__(self, x, t):
-        jax.debug.callback(self._increment)
-        return self.fn(x, t)
-
-    def reset(self):
-        jax.effects_barrier()
-        self.count = 0
-
-    def total(self):
-        jax.effects_barrier()
-        return self.count
+# Targets and exact scores: `target` and `target_score` of tests/conftest.py (one score_fn
+# per (target, sde): a plain function is a static score model, so a fresh closure per call
+# would recompile every time).
 
 
 @functools.cache
 def score(dim: int, sde_name: str) -> CountingScore:
-    return CountingScore(target(dim).score_fn(SDES[sde_name]))
+    """The exact score, counting its evaluations. The accuracy tests below use it, so every
+    sampler run also checks that the returned nfe is the true number of score evaluations,
+    at no extra compilation."""
+    return CountingScore(target_score(dim, sde_name))
 
 
 def seed_of(*parts) -> int:
@@ -96,14 +64,6 @@ Z_WEIGHT = stats.norm.isf(ALPHA / 2)  # 4.42: two-sided normal bound for the bin
 # moves a 5-sigma normal quantile to ~5.5). Null check: 200 exact-sample sets of n = 4000
 # in 16-D gave a maximum of 4.4 over all entries and modes.
 Z_COV = 5.5
-_T0 = sde_lib.VPSDE()  # at t = 0 the VP marginal is the data itself (s = 1, sigma = 0)
-
-
-def assign_modes(g, x):
-    """Component labels by the exact posterior argmax of the data mixture."""
-    x = jnp.asarray(x, jnp.float32)
-    post = g.posterior_t(x, jnp.zeros(x.shape[0], x.dtype), _T0)
-    return np.asarray(jnp.argmax(post, axis=1))
 
 
 def check_modes(g, x):
@@ -414,17 +374,6 @@ def test_encode_decode_round_trip(x64):
 
 # ---------------------------------------------------------------------------------------
 # Determinism and compilation caching.
-
-
-class TracingScore:
-    """A score_fn that counts how often it is traced (its Python body runs only while tracing)."""
-
-    def __init__(self, fn):
-        self.fn, self.traces = fn, 0
-
-    def __call__(self, x, t):
-        self.traces += 1
-        return self.fn(x, t)
 
 
 _TRACING = TracingScore(target(2).score_fn(SDES["vp"]))

@@ -1,6 +1,8 @@
 """Training: the optimizer against the reference's update rule, the compiled step
-(scan, 8 devices vs 1), exact resumption, signals, kill -9 during a save, NaN stops."""
+(scan, 8 devices vs 1), the schedule, the checkpoint policy and the non-finite guard on
+their own, exact resumption, signals, kill -9 during a save, NaN stops."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import checkpoints, datasets, sde_lib, train
+from scoresde import checkpoints, sde_lib, train
+from scoresde.data import get_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -182,14 +185,16 @@ def test_eight_devices_match_one_device(tmp_path):
 
 
 def _digits(batch=16, seed=0):
-    return datasets.get_dataset("digits", "train", batch_size=batch, centered=True, random_flip=True, seed=seed)
+    return get_dataset("digits", "train", batch_size=batch, centered=True, random_flip=True, seed=seed)
 
 
 def _train(workdir, n_iters, n_jitted=1, **kw):
-    args = dict(n_iters=n_iters, log_freq=n_jitted, snapshot_freq=4, snapshot_freq_for_preemption=2,
-                n_jitted_steps=n_jitted, warmup=2, lr=1e-3, progress=False, async_checkpointing=True)
-    args.update(kw)
-    return train.train(TinyScore(), sde_lib.VPSDE(), _digits(), str(workdir), **args)
+    """`train.train` of TinyScore on digits; `kw` holds `Schedule` fields and other arguments."""
+    schedule = dict(n_iters=n_iters, n_jitted_steps=n_jitted, log_freq=n_jitted, snapshot_freq=4,
+                    snapshot_freq_for_preemption=2)
+    schedule.update({f.name: kw.pop(f.name) for f in dataclasses.fields(train.Schedule) if f.name in kw})
+    return train.train(TinyScore(), sde_lib.VPSDE(), _digits(), str(workdir), optimizer=train.get_optimizer(1e-3, 2),
+                       schedule=train.Schedule(**schedule), progress=False, **kw)
 
 
 def _losses(workdir):
@@ -218,18 +223,89 @@ def test_writes_metrics_and_calls_hooks(tmp_path):
     """Also runs the loop with n_jitted_steps=2 (two steps per compiled call)."""
     snaps, logs = [], []
     _train(tmp_path, 4, n_jitted=2, log_freq=2, eval_freq=2, eval_iter=_digits(seed=1),
-           on_snapshot=lambda s, step: snaps.append((step, int(s.step))), on_log=lambda step, r: logs.append(step))
+           on_snapshot=lambda s, step: snaps.append((step, int(s.step))), on_log=lambda step, r: logs.append(step),
+           lr_schedule=train.learning_rate_schedule(1e-3, 2))
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train_recs = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_recs] == [2, 4] and logs == [2, 4]
     assert all(np.isfinite(r["loss"]) and r["examples_per_sec"] > 0 for r in train_recs)
+    # The learning rate of each log's last update: update 1 (of 0, 1) half-way through warmup.
+    np.testing.assert_allclose([r["lr"] for r in train_recs], [5e-4, 1e-3], rtol=1e-6)
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
     assert snaps == [(4, 4)]
 
 
-def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="multiple of n_jitted_steps"):
-        _train(tmp_path, 8, n_jitted=3)
+# ----------------------------------------------------------------------------- the loop's units
+
+
+def test_schedule_checks_and_rounds():
+    s = train.Schedule(n_iters=11, n_jitted_steps=5, log_freq=10, eval_freq=5, snapshot_freq=5,
+                       snapshot_freq_for_preemption=5)
+    assert s.last_step == 15  # groups of n_jitted_steps: n_iters rounded up, as the reference
+    assert [step for step in (5, 10, 15) if s.is_log_step(step)] == [10, 15]  # and the last step
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.n_iters = 3
+    ok = dict(n_iters=8, n_jitted_steps=1, log_freq=2, eval_freq=2, snapshot_freq=2, snapshot_freq_for_preemption=2)
+    for bad, message in [
+        (dict(n_jitted_steps=3), "log_freq=2 must be a positive multiple of n_jitted_steps=3"),
+        (dict(n_jitted_steps=2, snapshot_freq_for_preemption=3), "snapshot_freq_for_preemption=3"),
+        (dict(eval_freq=0), "eval_freq=0 must be a positive multiple"),
+        (dict(n_jitted_steps=0), "n_jitted_steps must be >= 1"),
+        (dict(n_jitted_steps=1.0), "n_jitted_steps must be >= 1 \\(an integer\\)"),
+        (dict(n_iters=0), "n_iters must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train.Schedule(**{**ok, **bad})
+
+
+class _Position:
+    """A data iterator's position, as `CheckpointPolicy` saves and restores it."""
+
+    def __init__(self, index=0):
+        self.index = index
+
+    def get_state(self):
+        return {"epoch": 0, "index": self.index}
+
+    def set_state(self, state):
+        self.index = state["index"]
+
+
+def test_checkpoint_policy(tmp_path):
+    schedule = train.Schedule(n_iters=9, snapshot_freq=4, snapshot_freq_for_preemption=3)
+    policy = train.CheckpointPolicy(str(tmp_path), schedule, max_to_keep=1, async_save=False)
+    # Periodic every 4 steps and at the last step, preemption ("meta") at the other multiples of 3.
+    kinds = [policy.kind(step) for step in range(1, 10)]
+    assert kinds == [None, None, "meta", "periodic", None, "meta", None, "periodic", "periodic"]
+    assert "no checkpoint was saved" in policy.last_saved()
+    for step in (3, 4, 6, 8):
+        policy.save(step, {"w": np.full(2, float(step))}, _Position(step), policy.kind(step))
+    policy.save(8, {"w": np.zeros(2)}, _Position(0), "meta")  # one checkpoint per step: skipped
+    policy.save(7, {"w": np.zeros(2)}, _Position(0), "meta")  # older than the newest: skipped
+    assert policy.manager.all_steps("periodic") == [8] and policy.manager.all_steps("meta") == [6]
+    assert policy.last_saved() == f"the last good checkpoint is step 8 in {tmp_path}"
+    data = _Position()
+    state = policy.restore({"w": np.zeros(2)}, data)
+    np.testing.assert_array_equal(state["w"], [8.0, 8.0])
+    assert data.index == 8
+    policy.close()
+    empty = train.CheckpointPolicy(str(tmp_path / "empty"), schedule)
+    fresh = {"w": np.ones(2)}
+    assert empty.restore(fresh, data) is fresh and data.index == 8  # nothing to resume: unchanged
+    empty.close()
+
+
+def test_non_finite_guard():
+    guard = train.NonFiniteGuard(10, last_saved=lambda: "the last good checkpoint is step 10 in w")
+    assert guard.check() is None  # nothing pending
+    guard.add({"loss": jnp.asarray([1.0, 3.0]), "grad_norm": jnp.asarray([0.5, 2.0])})  # two steps of one call
+    guard.add({"loss": jnp.asarray(5.0), "grad_norm": jnp.asarray(1.0)})
+    assert guard.check() == {"loss": 3.0, "last_loss": 5.0, "grad_norm": 1.0} and guard.checked == 13
+    guard.add({"loss": jnp.asarray([2.0, 1.0]), "grad_norm": jnp.asarray([1.0, np.inf])})
+    guard.add({"loss": jnp.asarray(np.nan), "grad_norm": jnp.asarray(1.0)})
+    with pytest.raises(train.NonFiniteLossError, match=r"at step 15 \(loss=1.0, grad_norm=inf\).*step 10 in w"):
+        guard.check()
+    assert guard.checked == 13
 
 
 # ----------------------------------------------------------------------------- signals and crashes
@@ -342,8 +418,9 @@ class _PoisonedIterator:
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="Non-finite training loss or gradient at step 7") as e:
-        train.train(TinyScore(), sde_lib.VPSDE(), _PoisonedIterator(6), str(tmp_path), n_iters=20, log_freq=4,
-                    snapshot_freq=4, snapshot_freq_for_preemption=2, warmup=2, progress=False)
+        train.train(TinyScore(), sde_lib.VPSDE(), _PoisonedIterator(6), str(tmp_path),
+                    optimizer=train.get_optimizer(warmup=2), progress=False,
+                    schedule=train.Schedule(n_iters=20, log_freq=4, snapshot_freq=4, snapshot_freq_for_preemption=2))
     assert "last good checkpoint is step 6" in str(e.value)
     mgr = checkpoints.CheckpointManager(tmp_path, read_only=True)
     assert mgr.latest() == (6, "meta") and mgr.all_steps("periodic") == [4]
@@ -367,10 +444,10 @@ def test_registered_mlp_learns_toy_data(tmp_path, sde, continuous, embedding):
     from scoresde.models import get_model
 
     model = get_model("mlp", hidden=64, num_layers=2, embedding_type=embedding)
-    data = datasets.get_dataset("toy:8gaussians", batch_size=256)
-    train.train(model, sde, data, str(tmp_path), n_iters=60, log_freq=20, snapshot_freq=60,
-                snapshot_freq_for_preemption=60, lr=2e-3, warmup=0, reduce_mean=True, continuous=continuous,
-                progress=False)
+    data = get_dataset("toy:8gaussians", batch_size=256)
+    train.train(model, sde, data, str(tmp_path), optimizer=train.get_optimizer(lr=2e-3, warmup=0),
+                schedule=train.Schedule(n_iters=60, log_freq=20, snapshot_freq=60, snapshot_freq_for_preemption=60),
+                loss_kwargs=dict(reduce_mean=True, continuous=continuous), progress=False)
     loss = [r["loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))]
     assert len(loss) == 3 and all(np.isfinite(loss))
     assert loss[-1] < 0.97 * loss[0], loss

@@ -427,10 +427,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 
 
 def _dataset_ok(name: str) -> bool:
-    from scoresde import analytic, datasets
+    from scoresde import analytic, data
 
     toy = name[4:] if name.startswith("toy:") else name
-    if name in datasets.TFDS_NAMES or name.startswith("lsun/") or name in ("digits", "digits_color") or toy in analytic.TOY_TARGETS:
+    if name in data.TFDS_NAMES or name.startswith("lsun/") or name in ("digits", "digits_color") or toy in analytic.TOY_TARGETS:
         return True
     # A folder of images or an .npz/.npy file (it need not exist yet).
     return "/" in name or os.sep in name or name.endswith((".npz", ".npy"))
@@ -446,7 +446,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     import dataclasses
 
-    from scoresde.models.utils import _MODELS
+    from scoresde.models.registry import _MODELS
 
     problems = []
     paths = ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector")

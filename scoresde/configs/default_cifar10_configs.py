@@ -53,7 +53,7 @@ def get_default_configs():
 
   # data
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'cifar10'  # reference: 'CIFAR10'; scoresde.datasets takes TFDS names
+  data.dataset = 'cifar10'  # reference: 'CIFAR10'; scoresde.data takes TFDS names
   data.image_size = 32
   data.random_flip = True
   data.centered = False

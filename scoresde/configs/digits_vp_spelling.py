@@ -12,7 +12,7 @@ def get_config():
   config.training.condition = 'spelling'
   config.training.p_uncond = 0.1
   config.model.attn_resolutions = (4,)
-  config.model.context_vocab_size = 28  # padding, a..z, other (datasets.spell)
+  config.model.context_vocab_size = 28  # padding, a..z, other (data.spell)
   config.model.context_length = 8
   config.model.context_dim = 64
   return config

@@ -1,7 +1,7 @@
 """Offline feature space for the bundled 8x8 digits (feature space "digits_classifier").
 
 A small MLP classifier, 64 -> 128 -> 64 -> 10 with ReLUs, trained on the training
-split of scikit-learn's digits, `scoresde.datasets.digits_split(0)` (the split the
+split of scikit-learn's digits, `scoresde.data.digits_split(0)` (the split the
 toolkit trains on: 1438 training, 359 test images). Its 64-d penultimate activations give
 the Fréchet distance "FD-digits" (and KID, IS) for digits samples. These numbers live
 in this classifier's feature space only: they are not FID and not comparable to it.
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from scoresde.datasets import digits_split  # the one train/test split of the digits
+from scoresde.data import digits_split  # the one train/test split of the digits
 
 FEATURE_SPACE = "digits_classifier"
 ASSET = os.path.join(os.path.dirname(__file__), "assets", "digits_classifier.npz")

@@ -9,7 +9,7 @@ guidance adds grad_x log p_t(y | x) to the score at the same t.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from scoresde import sde_lib
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, group_norm
-from scoresde.models.utils import noise_labels, register_model
+from scoresde.models.registry import register_model
+from scoresde.score import noise_labels, pytree_dataclass, static_field
 
 
 @register_model("classifier")
@@ -65,11 +66,21 @@ class NoiseConditionalClassifier(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=default_init())(jnp.mean(h, axis=(1, 2)))
 
 
+@pytree_dataclass
+class NetworkClassifier:
+    """`classifier(x, t) -> (B, num_classes)`: log p_t(y | x) = log_softmax(logits), in eval
+    mode. A pytree like `score.NetworkScore`: `params` traced, the rest static."""
+
+    params: Any
+    module: Any = static_field()
+    sde: sde_lib.SDE = static_field()
+    continuous: bool = static_field(default=True)
+
+    def __call__(self, x, t):
+        labels = noise_labels(self.sde, t, self.continuous)
+        return jax.nn.log_softmax(self.module.apply({"params": self.params}, x, labels, train=False), axis=-1)
+
+
 def get_classifier_log_prob_fn(sde: sde_lib.SDE, model: nn.Module, params, continuous: bool = True):
-    """`log_prob_fn(x, t) -> (B, num_classes)`: log p_t(y | x) = log_softmax(logits), in eval mode."""
-
-    def log_prob_fn(x, t):
-        labels = noise_labels(sde, t, continuous)
-        return jax.nn.log_softmax(model.apply({"params": params}, x, labels, train=False), axis=-1)
-
-    return log_prob_fn
+    """The `NetworkClassifier` of a noise-conditional classifier network with `params`."""
+    return NetworkClassifier(params, model, sde, continuous)

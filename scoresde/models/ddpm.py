@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, divide_by_sigma
-from scoresde.models.utils import check_condition, get_sigmas, register_model
+from scoresde.conditioning import check_condition
+from scoresde.models.registry import get_sigmas, register_model
 
 
 @register_model("ddpm")

@@ -11,7 +11,7 @@ are `ResnetBlockDDPMpp` and `AttnBlockpp` with GroupNorm(32 groups), no skip res
 and a zero-initialized output layer.
 
 Conditioning (not in the reference): `class_embedding` for class labels and
-`ContextEmbedding` + `CrossAttnBlock` for token sequences (see `models.utils`).
+`ContextEmbedding` + `CrossAttnBlock` for token sequences (see `scoresde.conditioning`).
 
 Images are NHWC `(B, H, W, C)`; time embeddings are `(B, E)`.
 """

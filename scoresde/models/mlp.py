@@ -13,7 +13,8 @@ import numpy as np
 
 from scoresde.models import layers
 from scoresde.models.layers import default_init, divide_by_sigma
-from scoresde.models.utils import check_condition, get_sigmas, register_model
+from scoresde.conditioning import check_condition
+from scoresde.models.registry import get_sigmas, register_model
 
 
 class ResidualDenseBlock(nn.Module):
@@ -48,7 +49,7 @@ class MLP(nn.Module):
     'fourier', `get_sigmas(...)[label]` for 'positional'. `init_scale` 0 makes each
     block start as the identity and the network output start at zero.
     `num_classes` > 0 adds a class embedding of y (class labels `(B,)`, -1 or y=None
-    for the null class; see `models.utils`) to the time embedding.
+    for the null class; see `scoresde.conditioning`) to the time embedding.
     """
 
     hidden: int = 128

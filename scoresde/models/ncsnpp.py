@@ -9,7 +9,7 @@ The hyperparameters are module fields named as the reference's `config.model.*` 
 `config.data.centered`; `sigma_min`, `sigma_max`, `num_scales` give the SMLD noise
 ladder `get_sigmas` used with discrete (positional) labels.
 
-Conditioning (not in the reference; see `models.utils` for the convention on y):
+Conditioning (not in the reference; see `scoresde.conditioning` for the convention on y):
 `num_classes` > 0 adds a class embedding to the time embedding; `context_vocab_size`
 > 0 embeds token sequences (`layers.ContextEmbedding`) and follows every
 self-attention block with a `layers.CrossAttnBlock` to them. With both 0 (the
@@ -27,7 +27,8 @@ import numpy as np
 
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, divide_by_sigma, group_norm
-from scoresde.models.utils import check_condition, get_sigmas, register_model
+from scoresde.conditioning import check_condition
+from scoresde.models.registry import get_sigmas, register_model
 
 
 @register_model("ncsnpp")
@@ -90,7 +91,7 @@ class NCSNpp(nn.Module):
 
     @nn.compact
     def __call__(self, x, time_cond, y=None, train: bool = True):
-        """y: None, class labels `(B,)` or tokens `(B, L)`, as configured (see `models.utils`)."""
+        """y: None, class labels `(B,)` or tokens `(B, L)`, as configured (see `scoresde.conditioning`)."""
         self._check()
         check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size)
         act = layers.get_act(self.nonlinearity)

@@ -13,7 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from scoresde.models.utils import get_model, model_kwargs
+from scoresde.models.registry import get_model, model_kwargs
 
 # configs/default_cifar10_configs.py
 _DEFAULTS = dict(

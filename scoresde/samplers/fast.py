@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde import parallel, sde_lib
+from scoresde.score import as_score_model
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic")
 
@@ -123,11 +124,16 @@ def edm_sample(
     _check(shape, num_steps)
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
     churn = (S_churn, S_min, S_max, S_noise)
-    x = _edm_loop(key, sde, score_fn, _initial(key, sde, shape, z), num_steps, eps, rho, churn, constraint)
-    return x, 2 * num_steps - 1
+    x = _edm_loop(key, sde, as_score_model(score_fn), _initial(key, sde, shape, z), num_steps, eps, rho, churn, constraint)
+    return x, edm_nfe(num_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "num_steps"))
+def edm_nfe(num_steps: int, **_) -> int:
+    """Two evaluations per Heun step, one for the last (Euler) step: 2N - 1."""
+    return 2 * num_steps - 1
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "num_steps"))
 def _edm_loop(key, sde, score_fn, z, num_steps, eps, rho, churn, constraint):
     S_churn, S_min, S_max, S_noise = churn
     if constraint is not None:
@@ -187,80 +193,129 @@ def time_grid(sde, num_steps, eps, spacing="logSNR"):
     raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
 
 
-def _first_order(sde, x, s, t, m_s, plus):
-    """DDIM / DPM-Solver-1 from s to t given the prediction m_s at s.
-
-    ++ (data):  x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) x_0
-    (noise):    x_t = (alpha_t/alpha_s) x - sigma_t (e^{h} - 1) eps
-    """
-    (alpha_s, sigma_s), (alpha_t, sigma_t) = _coeffs(sde, s), _coeffs(sde, t)
-    h = _lambda(sde, t) - _lambda(sde, s)
-    if plus:
-        return sigma_t / sigma_s * x - alpha_t * jnp.expm1(-h) * m_s
-    return alpha_t / alpha_s * x - sigma_t * jnp.expm1(h) * m_s
+def _step_coeffs(sde, s, t):
+    """(alpha_s, sigma_s), (alpha_t, sigma_t) and h = lambda_t - lambda_s."""
+    return _coeffs(sde, s), _coeffs(sde, t), _lambda(sde, t) - _lambda(sde, s)
 
 
-def _multistep_update(sde, x, times, ms, order, plus):
-    """One multistep step (Lu et al. 2022b, Algorithm 2, and the 3rd-order form of their code).
+def ddim_data(sde, x, s, t, x0_s):
+    """DPM-Solver++-1 (DDIM) from s to t: x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) x0_s."""
+    (_, sigma_s), (alpha_t, sigma_t), h = _step_coeffs(sde, s, t)
+    return sigma_t / sigma_s * x - alpha_t * jnp.expm1(-h) * x0_s
+
+
+def ddim_noise(sde, x, s, t, eps_s):
+    """DPM-Solver-1 (DDIM) from s to t: x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s."""
+    (alpha_s, _), (alpha_t, sigma_t), h = _step_coeffs(sde, s, t)
+    return alpha_t / alpha_s * x - sigma_t * jnp.expm1(h) * eps_s
+
+
+def _difference(sde, p_prev, p, m_prev, m, h):
+    """r = (lambda_p - lambda_prev) / h and the divided difference D = (m - m_prev) / r."""
+    r = (_lambda(sde, p) - _lambda(sde, p_prev)) / h
+    return r, (m - m_prev) / r
+
+
+def dpmpp_multistep(sde, x, times, ms, order):
+    """DPM-Solver++(kM), data prediction (Lu et al. 2022b, Algorithm 2; 3M as their code).
 
     times = (p2, p1, p0, t): the last three grid times and the target t; ms = (m2, m1, m0)
-    the predictions at p2, p1, p0. Order k uses the last k of them.
+    the data predictions at p2, p1, p0. With phi_1 = e^{-h} - 1:
+      2M: x_t = (sigma_t/sigma_0) x - alpha_t phi_1 m0 - alpha_t phi_1 D1_0 / 2,
+      3M: x_t = (sigma_t/sigma_0) x - alpha_t (phi_1 m0 - phi_2 D1 + phi_3 D2).
     """
-    p2, p1, p0, t = times
-    m2, m1, m0 = ms
+    p0, t, m0 = times[2], times[3], ms[2]
     if order == 1:
-        return _first_order(sde, x, p0, t, m0, plus)
-    (alpha_0, sigma_0), (alpha_t, sigma_t) = _coeffs(sde, p0), _coeffs(sde, t)
-    lam_t, lam_0, lam_1 = _lambda(sde, t), _lambda(sde, p0), _lambda(sde, p1)
-    h = lam_t - lam_0
-    r0 = (lam_0 - lam_1) / h
-    D1_0 = (m0 - m1) / r0
-    if plus:
-        lin, scale, phi_1 = sigma_t / sigma_0 * x, alpha_t, jnp.expm1(-h)
-    else:
-        lin, scale, phi_1 = alpha_t / alpha_0 * x, sigma_t, jnp.expm1(h)
+        return ddim_data(sde, x, p0, t, m0)
+    (_, sigma_0), (alpha_t, sigma_t), h = _step_coeffs(sde, p0, t)
+    r0, D1_0 = _difference(sde, times[1], p0, ms[1], m0, h)
+    lin, phi_1 = sigma_t / sigma_0 * x, jnp.expm1(-h)
     if order == 2:
-        return lin - scale * phi_1 * m0 - 0.5 * scale * phi_1 * D1_0
-    r1 = (lam_1 - _lambda(sde, p2)) / h
-    D1_1 = (m1 - m2) / r1
+        return lin - alpha_t * phi_1 * m0 - 0.5 * alpha_t * phi_1 * D1_0
+    r1, D1_1 = _difference(sde, times[0], times[1], ms[0], ms[1], h)
     D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
     D2 = (D1_0 - D1_1) / (r0 + r1)
-    if plus:
-        phi_2 = phi_1 / h + 1.0
-        phi_3 = phi_2 / h - 0.5
-        return lin - scale * phi_1 * m0 + scale * phi_2 * D1 - scale * phi_3 * D2
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    return lin - alpha_t * phi_1 * m0 + alpha_t * phi_2 * D1 - alpha_t * phi_3 * D2
+
+
+def dpm_multistep(sde, x, times, ms, order):
+    """Multistep DPM-Solver-k, noise prediction (Lu et al. 2022b, Appendix; their code).
+
+    As `dpmpp_multistep` with ms the noise predictions and phi_1 = e^h - 1:
+      2M: x_t = (alpha_t/alpha_0) x - sigma_t phi_1 m0 - sigma_t phi_1 D1_0 / 2,
+      3M: x_t = (alpha_t/alpha_0) x - sigma_t (phi_1 m0 + phi_2 D1 + phi_3 D2).
+    """
+    p0, t, m0 = times[2], times[3], ms[2]
+    if order == 1:
+        return ddim_noise(sde, x, p0, t, m0)
+    (alpha_0, _), (alpha_t, sigma_t), h = _step_coeffs(sde, p0, t)
+    r0, D1_0 = _difference(sde, times[1], p0, ms[1], m0, h)
+    lin, phi_1 = alpha_t / alpha_0 * x, jnp.expm1(h)
+    if order == 2:
+        return lin - sigma_t * phi_1 * m0 - 0.5 * sigma_t * phi_1 * D1_0
+    r1, D1_1 = _difference(sde, times[0], times[1], ms[0], ms[1], h)
+    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
+    D2 = (D1_0 - D1_1) / (r0 + r1)
     phi_2 = phi_1 / h - 1.0
     phi_3 = phi_2 / h - 0.5
-    return lin - scale * phi_1 * m0 - scale * phi_2 * D1 - scale * phi_3 * D2
+    return lin - sigma_t * phi_1 * m0 - sigma_t * phi_2 * D1 - sigma_t * phi_3 * D2
 
 
-def _singlestep_update(sde, model, x, s, t, m_s, order, plus):
-    """One singlestep DPM-Solver-k step from s to t (intermediate points at r = 1/2, or
-    1/3 and 2/3 in lambda); `model(x, t)` gives the prediction. Lu et al. 2022a/b."""
+def dpmpp_singlestep(sde, model, x, s, t, m_s, order):
+    """DPM-Solver++(2S)/(3S), data prediction (Lu et al. 2022b, Algorithm 1; 3S as their code).
+
+    Intermediate points at r = 1/2 (2S), or 1/3 and 2/3 (3S) of h in lambda; model(x, t)
+    is the data prediction. With phi_1 = e^{-h} - 1 and u the DDIM step from s:
+      2S: x_t = u(t) - alpha_t phi_1 (m_s1 - m_s),
+      3S: x_t = u(t) + alpha_t phi_2 (m_s2 - m_s) / r2.
+    """
     if order == 1:
-        return _first_order(sde, x, s, t, m_s, plus)
+        return ddim_data(sde, x, s, t, m_s)
     lam_s = _lambda(sde, s)
     h = _lambda(sde, t) - lam_s
     r1, r2 = (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
     s1 = _t_of_lambda(sde, lam_s + r1 * h)
-    x_s1 = _first_order(sde, x, s, s1, m_s, plus)
-    m_s1 = model(x_s1, s1)
-    alpha_t, sigma_t = _coeffs(sde, t)
-    scale, phi_1 = (alpha_t, jnp.expm1(-h)) if plus else (sigma_t, jnp.expm1(h))
-    x_t1 = _first_order(sde, x, s, t, m_s, plus)  # the first-order part of x_t
+    m_s1 = model(ddim_data(sde, x, s, s1, m_s), s1)
+    alpha_t, _ = _coeffs(sde, t)
+    phi_1 = jnp.expm1(-h)
+    x_t1 = ddim_data(sde, x, s, t, m_s)
     if order == 2:
-        return x_t1 - 0.5 / r1 * scale * phi_1 * (m_s1 - m_s)
+        return x_t1 - 0.5 / r1 * alpha_t * phi_1 * (m_s1 - m_s)
     s2 = _t_of_lambda(sde, lam_s + r2 * h)
-    alpha_s2, sigma_s2 = _coeffs(sde, s2)
-    if plus:
-        phi_22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
-        x_s2 = _first_order(sde, x, s, s2, m_s, plus) + r2 / r1 * alpha_s2 * phi_22 * (m_s1 - m_s)
-        phi_2 = phi_1 / h + 1.0
-        return x_t1 + scale * phi_2 * (model(x_s2, s2) - m_s) / r2
+    alpha_s2, _ = _coeffs(sde, s2)
+    phi_22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
+    x_s2 = ddim_data(sde, x, s, s2, m_s) + r2 / r1 * alpha_s2 * phi_22 * (m_s1 - m_s)
+    phi_2 = phi_1 / h + 1.0
+    return x_t1 + alpha_t * phi_2 * (model(x_s2, s2) - m_s) / r2
+
+
+def dpm_singlestep(sde, model, x, s, t, m_s, order):
+    """DPM-Solver-2/3, noise prediction (Lu et al. 2022a, Algorithms 1 and 2, r1 = 1/2 or 1/3, r2 = 2/3).
+
+    With phi_1 = e^h - 1 and u the DDIM step from s:
+      DPM-Solver-2: x_t = u(t) - sigma_t phi_1 (m_s1 - m_s),
+      DPM-Solver-3: x_t = u(t) - sigma_t phi_2 (m_s2 - m_s) / r2.
+    """
+    if order == 1:
+        return ddim_noise(sde, x, s, t, m_s)
+    lam_s = _lambda(sde, s)
+    h = _lambda(sde, t) - lam_s
+    r1, r2 = (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
+    s1 = _t_of_lambda(sde, lam_s + r1 * h)
+    m_s1 = model(ddim_noise(sde, x, s, s1, m_s), s1)
+    _, sigma_t = _coeffs(sde, t)
+    phi_1 = jnp.expm1(h)
+    x_t1 = ddim_noise(sde, x, s, t, m_s)
+    if order == 2:
+        return x_t1 - 0.5 / r1 * sigma_t * phi_1 * (m_s1 - m_s)
+    s2 = _t_of_lambda(sde, lam_s + r2 * h)
+    _, sigma_s2 = _coeffs(sde, s2)
     phi_22 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
-    x_s2 = _first_order(sde, x, s, s2, m_s, plus) - r2 / r1 * sigma_s2 * phi_22 * (m_s1 - m_s)
+    x_s2 = ddim_noise(sde, x, s, s2, m_s) - r2 / r1 * sigma_s2 * phi_22 * (m_s1 - m_s)
     phi_2 = phi_1 / h - 1.0
-    return x_t1 - scale * phi_2 * (model(x_s2, s2) - m_s) / r2
+    return x_t1 - sigma_t * phi_2 * (model(x_s2, s2) - m_s) / r2
 
 
 def dpm_solver_sample(
@@ -301,8 +356,13 @@ def dpm_solver_sample(
         raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
     eps = sde_lib.default_eps(sde) if eps is None else float(eps)
     z = _initial(key, sde, shape, z)
-    x = _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint)
-    return x, num_steps * (order if method == "singlestep" else 1)
+    x = _dpm_loop(sde, as_score_model(score_fn), z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint)
+    return x, dpm_solver_nfe(num_steps, order, method)
+
+
+def dpm_solver_nfe(num_steps: int, order: int = 1, method: str = "multistep", **_) -> int:
+    """One evaluation per multistep step, `order` per singlestep step."""
+    return num_steps * (order if method == "singlestep" else 1)
 
 
 def _multistep_orders(num_steps, order, lower_order_final):
@@ -315,7 +375,7 @@ def _multistep_orders(num_steps, order, lower_order_final):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("sde", "score_fn", "num_steps", "order", "method", "spacing", "plus", "lower_order_final"),
+    static_argnames=("sde", "num_steps", "order", "method", "spacing", "plus", "lower_order_final"),
 )
 def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint):
     predict = data_prediction if plus else noise_prediction
@@ -331,13 +391,15 @@ def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lo
     if method == "singlestep":
 
         def step(x, i):
-            x = _singlestep_update(sde, model, x, ts[i], ts[i + 1], model(x, ts[i]), order, plus)
+            update = dpmpp_singlestep if plus else dpm_singlestep
+            x = update(sde, model, x, ts[i], ts[i + 1], model(x, ts[i]), order)
             return parallel.constrain_batch(pin(x, *_coeffs(sde, ts[i + 1]))), None
 
         return jax.lax.scan(step, x, jnp.arange(num_steps))[0]
 
     orders = jnp.asarray(_multistep_orders(num_steps, order, lower_order_final))
-    updates = [functools.partial(_multistep_update, sde, order=k, plus=plus) for k in (1, 2, 3)]
+    update = dpmpp_multistep if plus else dpm_multistep
+    updates = [functools.partial(update, sde, order=k) for k in (1, 2, 3)]
 
     def step(carry, i):
         x, times, ms = carry  # the last three grid times and their predictions, newest last

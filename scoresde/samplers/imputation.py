@@ -46,8 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde import parallel
+from scoresde import parallel, sde_lib
 from scoresde.samplers import registry
+from scoresde.score import ScoreModel, as_score_model, pytree_dataclass, static_field
 from scoresde.sde_lib import batch_broadcast as bb
 
 METHODS = ("replace", "tmpd")
@@ -134,29 +135,36 @@ class Imputation:
 
     def guide(self, sde, score_fn):
         """The score the samplers use: score_fn itself, or for "tmpd" that of p_t(x | y)."""
-        if self.method != "tmpd":
-            return score_fn
-        return lambda x, t: self._tmpd_score(sde, score_fn, x, t)
+        return TMPDScore(score_fn, self, sde) if self.method == "tmpd" else score_fn
 
-    def _tmpd_score(self, sde, score_fn, x, t):
-        """s(x, t) + dx0/dx P^T v with C_kk v = y - P x0 (module docstring)."""
-        alpha, sigma = (bb(c, x) for c in sde.marginal_coeffs(jnp.asarray(t, x.dtype)))
-        score, score_jvp = jax.linearize(lambda y: score_fn(y, t), x)
+    @property
+    def evals_per_score(self) -> int:
+        """Network passes per guided score evaluation: 1, or 2 + cg_iters for "tmpd"."""
+        return 2 + self.cg_iters if self.method == "tmpd" else 1
+
+
+@pytree_dataclass
+class TMPDScore(ScoreModel):
+    """The TMPD score of p_t(x | y): s(x, t) + dx0/dx P^T v with C_kk v = y - P x0 (module docstring)."""
+
+    score: ScoreModel
+    imputation: Imputation
+    sde: sde_lib.SDE = static_field()
+
+    def __call__(self, x, t):
+        imp = self.imputation
+        alpha, sigma = (bb(c, x) for c in self.sde.marginal_coeffs(jnp.asarray(t, x.dtype)))
+        score, score_jvp = jax.linearize(lambda y: self.score(y, t), x)
         x0 = (x + sigma**2 * score) / alpha
 
         def x0_jvp(w):  # dx0/dx w = (w + sigma^2 J w) / alpha
             return (w + sigma**2 * score_jvp(w)) / alpha
 
         def cov_kk(v):  # P C P^T v, C = (sigma^2 / alpha) dx0/dx
-            return self.mask * self.decouple(sigma**2 / alpha * x0_jvp(self.couple(self.mask * v)))
+            return imp.mask * imp.decouple(sigma**2 / alpha * x0_jvp(imp.couple(imp.mask * v)))
 
-        v = conjugate_gradient(cov_kk, self.mask * (self.target - self.decouple(x0)), self.cg_iters)
-        return score + x0_jvp(self.couple(self.mask * v))
-
-    @property
-    def evals_per_score(self) -> int:
-        """Network passes per guided score evaluation: 1, or 2 + cg_iters for "tmpd"."""
-        return 2 + self.cg_iters if self.method == "tmpd" else 1
+        v = conjugate_gradient(cov_kk, imp.mask * (imp.target - imp.decouple(x0)), imp.cg_iters)
+        return score + x0_jvp(imp.couple(imp.mask * v))
 
 
 def _imputation(data, mask, basis=None, method="replace", cg_iters=5):
@@ -188,12 +196,11 @@ def _imputation(data, mask, basis=None, method="replace", cg_iters=5):
     return Imputation(target, mask, jnp.zeros_like(target), basis, basis_inv, method, cg_iters)
 
 
-def observation_score_fn(sde, score_fn, data, mask, cg_iters: int = 5, basis=None):
+def observation_score_fn(sde, score_fn, data, mask, cg_iters: int = 5, basis=None) -> TMPDScore:
     """The TMPD score of p_t(x | y), y the known part of data `(B, ...)` under mask (1 = known),
-    as a plain `score_fn(x, t)` for any sampler. Its data are constants of the closure, so each
-    new closure compiles its sampler anew; `inpaint(..., method="tmpd")` passes them traced.
-    Each evaluation costs 2 + cg_iters network passes."""
-    return _imputation(data, mask, basis, "tmpd", cg_iters).guide(sde, score_fn)
+    as a score model for any sampler (its data traced). Each evaluation costs 2 + cg_iters
+    network passes."""
+    return _imputation(data, mask, basis, "tmpd", cg_iters).guide(sde, as_score_model(score_fn))
 
 
 _fill = jax.jit(Imputation.fill)
@@ -201,21 +208,14 @@ _fill = jax.jit(Imputation.fill)
 
 def _impute(key, sde, score_fn, constraint, sampler, options):
     """Run the named sampler under the constraint; known part set to the data at the end."""
-    if sampler not in registry.SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; imputation supports: {', '.join(registry.SAMPLERS)}.")
     reserved = {"z", "constraint", "shape"} & set(options)
     if reserved:
         raise ValueError(f"Option(s) {', '.join(sorted(reserved))} are set by the imputation itself; leave them out.")
-    valid = registry.sampler_options(sampler)
-    unknown = set(options) - set(valid)
-    if unknown:
-        raise ValueError(
-            f"Sampler {sampler!r} has no option(s) {', '.join(sorted(unknown))}; "
-            f"valid: {', '.join(k for k in valid if k != 'z')}."
-        )
+    registry.check_options(sampler, options)
+    score_fn = as_score_model(score_fn)
     shape = constraint.target.shape
     sample_key, prior_key, z_key = jax.random.split(key, 3)
-    fn = registry.SAMPLERS[sampler]
+    fn = registry.get_sampler(sampler).fn
     if sampler in PC_SAMPLERS:
         x, nfe = fn(sample_key, sde, score_fn, shape, constraint=constraint, **options)
     else:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from scoresde import parallel, sde_lib
 from scoresde.samplers.pc import reverse_diffusion
+from scoresde.score import as_score_model
 
 
 class _Method(NamedTuple):
@@ -50,6 +51,12 @@ def check_method(method: str, num_steps: int | None):
         raise ValueError(f"Unknown ODE method {method!r}; valid names: {', '.join(METHODS)}.")
     if not METHODS[method].adaptive and not (isinstance(num_steps, int) and num_steps >= 1):
         raise ValueError(f"The fixed-step method {method!r} needs num_steps, an integer >= 1; got {num_steps!r}.")
+
+
+def ode_nfe(num_steps: int, method: str, denoise: bool = False, **_) -> int | None:
+    """Score evaluations per sample of a fixed-step method (+1 to denoise); None if adaptive."""
+    spec = METHODS[method]
+    return None if spec.adaptive else spec.evals_per_step * num_steps + int(denoise)
 
 
 def _error_norm(y):
@@ -180,13 +187,13 @@ def ode_sample(
     if z is None:
         z = sde.prior_sampling(key, tuple(shape))
     x, nfe, ok = _ode_sample(
-        key, sde, score_fn, parallel.shard_batch(z), method, rtol, atol, num_steps, eps, denoise, max_steps, constraint
+        key, sde, as_score_model(score_fn), parallel.shard_batch(z), method, rtol, atol, num_steps, eps, denoise, max_steps, constraint
     )
     raise_if_failed(ok, nfe, method, max_steps)
     return x, int(nfe)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "method", "num_steps", "denoise", "max_steps"))
+@functools.partial(jax.jit, static_argnames=("sde", "method", "num_steps", "denoise", "max_steps"))
 def _ode_sample(key, sde, score_fn, z, method, rtol, atol, num_steps, eps, denoise, max_steps, constraint):
     if constraint is None:
         drift = probability_flow_drift(sde, score_fn)
@@ -218,11 +225,11 @@ def ode_encode(
     check_method(method, num_steps)
     eps = _validate_eps(sde, eps)
     parallel.check_divisible(x.shape[0])
-    z, nfe, ok = _ode_encode(sde, score_fn, parallel.shard_batch(x), method, rtol, atol, num_steps, eps, max_steps)
+    z, nfe, ok = _ode_encode(sde, as_score_model(score_fn), parallel.shard_batch(x), method, rtol, atol, num_steps, eps, max_steps)
     raise_if_failed(ok, nfe, method, max_steps)
     return z, int(nfe)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "method", "num_steps", "max_steps"))
+@functools.partial(jax.jit, static_argnames=("sde", "method", "num_steps", "max_steps"))
 def _ode_encode(sde, score_fn, x, method, rtol, atol, num_steps, eps, max_steps):
     return solve_ode(probability_flow_drift(sde, score_fn), x, eps, sde.T, method, rtol, atol, num_steps, max_steps)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde import parallel, sde_lib
+from scoresde.score import as_score_model
 from scoresde.sde_lib import batch_broadcast as bb
 
 Update = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -171,6 +172,12 @@ PREDICTORS = {
 CORRECTORS = {"langevin": _Entry(langevin, 1), "ald": _Entry(ald, 1), "none": _Entry(no_corrector, 0)}
 
 
+def pc_nfe(num_steps: int, predictor: str, corrector: str, n_steps: int, **_) -> int:
+    """Score evaluations per sample: N (predictor + n_steps corrector iterations)."""
+    pred, corr = _lookup(PREDICTORS, predictor, "predictor"), _lookup(CORRECTORS, corrector, "corrector")
+    return num_steps * (pred.nfe_per_step + corr.nfe_per_step * n_steps)
+
+
 def _lookup(table, name, kind):
     if name not in table:
         raise ValueError(f"Unknown {kind} {name!r}; valid names: {', '.join(table)}.")
@@ -207,6 +214,7 @@ def pc_sample(
     Returns:
       (x `(B, ...)`, nfe), nfe the number of score evaluations per sample path.
     """
+    score_fn = as_score_model(score_fn)
     pred, corr = _lookup(PREDICTORS, predictor, "predictor"), _lookup(CORRECTORS, corrector, "corrector")
     if not (isinstance(n_steps, int) and n_steps >= 0):
         raise ValueError(f"n_steps (corrector iterations per step) must be an integer >= 0, got {n_steps!r}.")
@@ -224,12 +232,11 @@ def pc_sample(
     x = _pc_loop(
         key, sde, score_fn, tuple(shape), predictor, corrector, jnp.asarray(snr), n_steps, eps, denoise, constraint
     )
-    nfe = sde.N * (pred.nfe_per_step + corr.nfe_per_step * n_steps)
-    return x, nfe
+    return x, pc_nfe(sde.N, predictor, corrector, n_steps)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("sde", "score_fn", "shape", "predictor", "corrector", "n_steps", "denoise")
+    jax.jit, static_argnames=("sde", "shape", "predictor", "corrector", "n_steps", "denoise")
 )
 def _pc_loop(key, sde, score_fn, shape, predictor, corrector, snr, n_steps, eps, denoise, constraint):
     if constraint is not None:
