@@ -2,8 +2,10 @@
 write the results as a CSV, a markdown table and a PNG plot of quality against NFE.
 
 The quality function is the caller's: on analytic targets `exact_target_quality` uses
-exact samples and the exact mode posterior; on trained models the CLI passes a
-data-set distance. Every row names its metric, so tables never mix feature spaces.
+exact samples and the exact mode posterior; on trained models `image_quality` and
+`toy_quality` give a data-set distance. Every row names its metric, so tables never mix
+feature spaces. `ablate_target` and `ablate_workdir` run a whole ablation (the `scoresde
+ablate` command) in one call, `guidance_sweep` over classifier-free guidance weights.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -172,6 +174,176 @@ def run_grid(
         row.update(quality(x))
         rows.append(row)
     return rows
+
+
+def sampler_configs(samplers, snrs=None) -> list[tuple[str, dict]]:
+    """(sampler, options) runs of a grid: each sampler at its defaults, or once per value in
+    `snrs` for the samplers with an snr option. Raises ValueError for an unknown name."""
+    configs = []
+    for name in samplers:
+        if name not in registry.SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(registry.SAMPLERS)}")
+        if snrs and "snr" in registry.sampler_options(name):
+            configs += [(name, {"snr": v}) for v in snrs]
+        else:
+            configs.append((name, {}))
+    return configs
+
+
+def guidance_sweep(key, sde, score_fn, shape, configs, quality, y, weights, nfes=(None,), progress=True) -> list[dict]:
+    """`run_grid` of a conditional `score_fn(x, t, y)` under classifier-free guidance with
+    condition y and each weight w in `weights`; rows get a "guidance" column. Every weight,
+    0 included, is the traced leaf of one kind of `guidance.classifier_free` model, so each
+    run of the grid compiles once for the whole sweep."""
+    from scoresde.samplers import guidance
+
+    rows = []
+    for w in weights:
+        guided = guidance.classifier_free(score_fn, y, w)
+        grid = run_grid(key, sde, guided, shape, configs, quality, nfes=nfes, progress=progress)
+        rows += [{"guidance": w, **row} for row in grid]
+    return rows
+
+
+def toy_quality(name: str, num: int):
+    """(quality, metric, note) for samples of the 2-D toy `name`: exact per-mode Frechet
+    distances for mixtures (`exact_target_quality`), else the sliced W2 distance to `num`
+    exact samples."""
+    from scoresde import analytic
+
+    target = analytic.toy_target(name)
+    if isinstance(target, analytic.GaussianMixture):
+        return exact_target_quality(target, jax.random.PRNGKey(1)), "fd_modes", (
+            "fd_modes: per-mode Frechet distance to the exact components of the target."
+        )
+    ref = target.sample(jax.random.PRNGKey(1), num)
+    return (lambda x: {"sw": sliced_wasserstein(jax.random.PRNGKey(2), x, ref)}), "sw", (
+        "sw: sliced W2 distance to exact samples of the target (of the same size)."
+    )
+
+
+def image_quality(config, num: int):
+    """(quality, metric, note) for model-space image samples of a config against its test
+    split: FD-digits in the bundled digits classifier's feature space for the digits, else
+    the sliced W2 distance in pixel space to `num` test images."""
+    from scoresde import experiment
+    from scoresde.evaluation import feature_spaces
+
+    held_out = np.concatenate(list(experiment.eval_images(config, "test", 256)))
+    if config.data.dataset == "digits":
+        space = "digits_classifier"
+        ref = feature_spaces.compute_stats(held_out, space)
+
+        def quality(x):
+            images = np.asarray(experiment.to_unit_range(x, config))
+            if not np.all(np.isfinite(images)):
+                return {"fd_digits": float("inf")}
+            return {"fd_digits": feature_spaces.fd_from_stats(feature_spaces.compute_stats(images, space), ref)["fd"]}
+
+        note = ("fd_digits: Frechet distance to the held-out test split in the bundled digits classifier's "
+                "64-d feature space (FD-digits; not an FID).")
+        return quality, "fd_digits", note
+    ref = held_out[:num]
+
+    def quality(x):
+        images = np.asarray(experiment.to_unit_range(x, config))[: len(ref)]
+        return {"sw_pixels": sliced_wasserstein(jax.random.PRNGKey(0), images, ref[: len(images)])}
+
+    note = "sw_pixels: sliced W2 distance in pixel space to held-out test images (an interim, pixel-space metric)."
+    return quality, "sw_pixels", note
+
+
+class Ablation(NamedTuple):
+    """An ablation's rows, the name of its headline metric, a title and notes (`write_results`)."""
+
+    rows: list[dict]
+    metric: str
+    title: str
+    notes: str
+
+
+DEFAULT_SAMPLERS = ("euler_maruyama", "ddim", "edm_heun", "dpm_solver++", "dpm_solver")
+DEFAULT_NFES = (10, 20, 50, 100)
+
+
+def _grid_configs(samplers, snrs):
+    from scoresde.experiment import UserError
+
+    try:
+        return sampler_configs(samplers, snrs)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _checked(rows):
+    from scoresde.experiment import UserError
+
+    if not rows:
+        raise UserError("Every run of the grid was skipped (see the reasons above); change --samplers or --nfes.")
+    return rows
+
+
+def ablate_target(target: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *, snrs=None, sde: str = "vpsde",
+                  num: int | None = None, seed: int = 0) -> Ablation:
+    """Samplers x NFE budgets (x snr values) on the exact score of an analytic 2-D mixture
+    (`analytic.TOY_TARGETS`) under the SDE `sde`, `num` samples per run (default 4096),
+    scored by `exact_target_quality` (fd_modes)."""
+    from scoresde import analytic, sde_lib
+    from scoresde.experiment import UserError
+
+    configs = _grid_configs(samplers, snrs)
+    if target not in analytic.TOY_TARGETS:
+        raise UserError(f"unknown target {target!r}; valid: {', '.join(analytic.TOY_TARGETS)}")
+    exact = analytic.toy_target(target)
+    if not isinstance(exact, analytic.GaussianMixture):
+        mixtures = [n for n in analytic.TOY_TARGETS if isinstance(analytic.toy_target(n), analytic.GaussianMixture)]
+        raise UserError(f"target {target!r} has no exact score; use one of: {', '.join(mixtures)}")
+    try:
+        forward = sde_lib.get_sde(sde)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    rows = run_grid(jax.random.PRNGKey(seed), forward, exact.score_fn(forward), (num or 4096, exact.dim), configs,
+                    exact_target_quality(exact, jax.random.PRNGKey(1)), nfes=nfes)
+    return Ablation(_checked(rows), "fd_modes", f"{target} ({sde}), exact score",
+                    "Exact score of the target; fd_modes: per-mode Frechet distance to the exact components.")
+
+
+def ablate_workdir(workdir: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *, snrs=None,
+                   num: int | None = None, seed: int = 0, guidance=None) -> Ablation:
+    """Samplers x NFE budgets (x snr values) on the EMA model of a trained workdir, `num`
+    samples per run (default 512), scored against the data (`image_quality`, `toy_quality`). With
+    `guidance`, a list of classifier-free guidance weights, a conditional model is swept
+    over them (`guidance_sweep`, every class in turn), and digits samples also get the
+    bundled classifier's accuracy on their class."""
+    from scoresde import experiment
+
+    configs = _grid_configs(samplers, snrs)
+    config, sde, score_fn, step = experiment.load_score_fn(workdir)
+    num = num or 512
+    shape = (num,) + experiment.data_shape(config)
+    if experiment.is_image_data(config):
+        quality, metric, notes = image_quality(config, num)
+    else:
+        quality, metric, notes = toy_quality(config.data.dataset.removeprefix("toy:"), num)
+    title = f"{config.data.dataset} ({config.training.sde}), step {step}"
+    key = jax.random.PRNGKey(seed)
+    if guidance is None:
+        return Ablation(_checked(run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)), metric, title, notes)
+    if experiment.condition_table(config) is None:
+        raise experiment.UserError("This model is unconditional (training.condition='none'): --guidance sweeps "
+                                   "classifier-free guidance of a conditional one (e.g. --config digits_vp_class).")
+    labels = experiment.class_labels(len(experiment.condition_table(config)), num)
+    if config.data.dataset == "digits":
+        from scoresde.evaluation.digits import digits_accuracy
+
+        base_quality = quality
+        quality = lambda x: {**base_quality(x), "accuracy": digits_accuracy(  # noqa: E731
+            experiment.to_unit_range(x, config), labels)}
+        notes += (" accuracy: fraction of samples the bundled digits classifier (98.3% on real test digits) "
+                  "assigns to the requested class.")
+    y = experiment.condition_from_labels(config, labels)
+    rows = guidance_sweep(key, sde, score_fn, shape, configs, quality, y, guidance, nfes=nfes)
+    return Ablation(_checked(rows), metric, title + ", classifier-free guidance", notes)
 
 
 def write_results(rows: list[dict], path_prefix: str, metric: str, title: str, notes: str = "") -> list[str]:

@@ -6,16 +6,25 @@ train, samplers, likelihood) take explicit arguments, and this module reads the
 
 A workdir holds `config.json` (the resolved config the run was started with),
 `checkpoints/` and `checkpoints-meta/`, `metrics.jsonl`, `tensorboard/`, `samples/`.
+
+What the `scoresde` commands do is here as one call each, with explicit arguments:
+`train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization)
+with `save_samples`, `likelihood_report`; `ablation.ablate_workdir` / `ablate_target`
+and `evaluation.evaluate_workdir` / `dataset_stats` are the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from scoresde import data, models, sde_lib
 from scoresde.models.registry import model_kwargs
@@ -56,8 +65,11 @@ def model_from_config(config):
     return models.get_model(name, **{k: _tuplify(v) for k, v in kwargs.items()})
 
 
-def dataset_from_config(config, split: str, batch_size: int | None = None, **kwargs):
-    """`data.get_dataset` with the config's data settings. A missing data set is a UserError."""
+def dataset_from_config(config, split: str, batch_size: int | None = None, *, unit_range: bool = False, **kwargs):
+    """`data.get_dataset` with the config's data settings. A missing data set is a UserError.
+
+    unit_range: images as they are, in [0, 1]: not centered, not dequantized, not flipped
+    (what bits/dim and the sample-quality metrics read, as the reference's evaluation)."""
     d = config.data
     try:
         return data.get_dataset(
@@ -65,9 +77,9 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, **kwa
             split,
             batch_size or config.training.batch_size,
             image_size=d.get("image_size"),
-            centered=d.get("centered", False),
-            random_flip=d.get("random_flip") if split == "train" else False,
-            uniform_dequantization=d.get("uniform_dequantization", False),
+            centered=d.get("centered", False) and not unit_range,
+            random_flip=d.get("random_flip") if split == "train" and not unit_range else False,
+            uniform_dequantization=d.get("uniform_dequantization", False) and not unit_range,
             seed=config.seed,
             **kwargs,
         )
@@ -133,11 +145,102 @@ def condition_from_labels(config, labels):
     return table[labels]
 
 
+def sampler_from_config(config) -> tuple[str, dict]:
+    """The config's sampler, `sampling.method` (any name of `samplers.registry`), and the
+    sampling.* settings that apply to it: the predictor, corrector, snr and corrector
+    steps of "pc", and the final denoising step of the PC family."""
+    name, s = config.sampling.method, config.sampling
+    if name == "pc":
+        return name, {"predictor": s.predictor, "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps_each,
+                      "denoise": s.noise_removal}
+    if name in ("euler_maruyama", "reverse_diffusion", "ancestral"):
+        return name, {"denoise": s.noise_removal}
+    return name, {}
+
+
+def resolve_sampler(config, sampler: str | None = None, options: dict | None = None) -> tuple[str, dict]:
+    """The sampler to sample a config's model with and its options: `sampler` (default: the
+    config's, with the config's settings for it, `sampler_from_config`) with `options` over
+    them, checked by `registry.check_options` (a UserError if wrong)."""
+    from scoresde.samplers import registry
+
+    name, defaults = sampler_from_config(config) if sampler is None else (sampler, {})
+    options = {**defaults, **(options or {})}
+    try:
+        registry.check_options(name, options)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return name, options
+
+
+def run_sampler(key, sde, score, shape, sampler: str, options: dict):
+    """`registry.sample`; its ValueErrors (settings the sampler cannot run) are UserErrors."""
+    from scoresde.samplers import registry
+
+    try:
+        return registry.sample(key, sde, score, shape, sampler, **options)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def class_labels(num_classes: int, num: int, labels=None) -> np.ndarray:
+    """`(num,)` class labels: `labels` cycled, or every class in turn; checked against num_classes."""
+    if labels is None:
+        return np.arange(num) % num_classes
+    given = np.asarray(labels, np.int32).ravel()
+    if given.size == 0 or given.min() < 0 or given.max() >= num_classes:
+        raise UserError(f"Class labels (--label) must lie in [0, {num_classes}), got {given.tolist()}.")
+    return np.resize(given, num)
+
+
+def conditioned_score(config, sde, score, num: int, *, labels=None, text: str | None = None,
+                      guidance: float = 0.0, classifier: str | None = None, classifier_scale: float = 1.0):
+    """The score model that samples `num` samples of a config's model as asked, and their
+    class labels `(num,)` (None when unconditional or unknown).
+
+    A conditional model (training.condition 'class' or 'spelling') samples `labels` (cycled;
+    default every class in turn) or, for a spelling model, the word `text`, with
+    classifier-free guidance of weight `guidance` (0: the conditional score). An
+    unconditional model is guided by the noise-conditional classifier in the workdir
+    `classifier`, with scale `classifier_scale`, towards `labels`; without one it is
+    returned as is (and takes no labels, text or guidance).
+    """
+    from scoresde.samplers import guidance as guide
+
+    table = condition_table(config)
+    if classifier:
+        if table is not None:
+            raise UserError("--classifier guides an unconditional model; this one is conditional "
+                            "(use --guidance for classifier-free guidance).")
+        cconfig, log_prob_fn, _ = load_classifier(classifier, sde=sde)
+        labels = class_labels(cconfig.model.num_classes, num, labels)
+        return guide.classifier_guidance(score, log_prob_fn, labels, classifier_scale), labels
+    if table is None:
+        if labels is not None or text is not None or guidance:
+            raise UserError(
+                "This model is unconditional (training.condition='none'): train a conditional one "
+                "(e.g. --config digits_vp_class) or guide it with --classifier <workdir>.")
+        return score, None
+    if text is not None:
+        if config.training.condition != "spelling":
+            raise UserError("--text needs a spelling-conditioned model (digits_vp_spelling); use --label.")
+        names = data.label_names(config.data.dataset)
+        labels = np.full(num, names.index(text.lower())) if text.lower() in names else None
+        try:
+            y = data.spell([text] * num, config.model.context_length)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    else:
+        labels = class_labels(len(table), num, labels)
+        y = condition_from_labels(config, labels)
+    return (guide.classifier_free(score, y, guidance) if guidance else guide.condition(score, y)), labels
+
+
 def train_kwargs(config) -> dict:
     """The keyword arguments of `train.train` from training.*, optim.*, model.ema_rate and
     seed: the optimizer and its learning rate, the schedule, the objective and its loss
     settings. Checks the conditioning settings and the schedule (UserError)."""
-    from scoresde import train
+    from scoresde import configs, train
 
     t, o = config.training, config.optim
     table = condition_table(config)
@@ -158,6 +261,9 @@ def train_kwargs(config) -> dict:
         )
     except ValueError as err:
         raise UserError(str(err)) from None
+    if o.optimizer not in configs.OPTIMIZERS:  # the reference's only choice too
+        raise UserError(f"optim.optimizer={o.optimizer!r}: the only optimizer is 'Adam' (with optim.weight_decay "
+                        "for decoupled weight decay).")
     return dict(
         optimizer=train.get_optimizer(o.lr, o.warmup, o.grad_clip, o.beta1, o.eps, weight_decay=o.weight_decay),
         lr_schedule=train.learning_rate_schedule(o.lr, o.warmup),
@@ -165,6 +271,7 @@ def train_kwargs(config) -> dict:
         objective=objective,
         loss_kwargs=loss_kwargs,
         ema_rate=config.model.ema_rate,
+        micro_batches=t.get("micro_batches", 1),
         seed=config.seed,
     )
 
@@ -199,9 +306,13 @@ def check_train_kwargs(config, sde, model, kwargs: dict):
         raise UserError(
             f"training.batch_size={batch} must be a multiple of the number of devices ({devices})."
         )
+    micro = kwargs["micro_batches"]
+    if not (isinstance(micro, int) and micro >= 1) or batch % micro:
+        raise UserError(f"training.micro_batches={micro!r} must be an integer >= 1 dividing training.batch_size={batch}.")
     try:
-        train.objective_loss_fn(sde, model, kwargs["objective"], True, **kwargs["loss_kwargs"])
-    except ValueError as err:  # the objective's name and the losses' checks of the settings
+        loss_fn = train.objective_loss_fn(sde, model, kwargs["objective"], True, **kwargs["loss_kwargs"])
+        train.make_train_step(loss_fn, kwargs["optimizer"], 0.0, micro)
+    except ValueError as err:  # the objective's name, the losses' checks of the settings, accumulation
         raise UserError(f"config.training: {err}") from None
     try:
         abstract_train_state(config, sde, model, kwargs)
@@ -289,3 +400,315 @@ def load_classifier(workdir: str, step: int | None = None, sde: sde_lib.SDE | No
     sde, model = sde_from_config(config), model_from_config(config)
     params, step = load_ema_params(workdir, config, step)
     return config, get_classifier_log_prob_fn(sde, model, params, continuous=config.training.continuous), step
+
+
+# ----------------------------------------------------------------------------- configs by name
+
+
+def _as_config(config):
+    """A config given by name or path (`configs.get_config`; its ValueErrors are UserErrors), or as is."""
+    from scoresde import configs
+
+    if not isinstance(config, str):
+        return config
+    try:
+        return configs.get_config(config)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def get_config(config, overrides=()) -> ml_collections.ConfigDict:
+    """A config by name or path (or a ConfigDict) with `overrides` ("a.b=value", as
+    `configs.apply_overrides`) applied; their mistakes are UserErrors."""
+    from scoresde import configs
+
+    try:
+        return configs.apply_overrides(_as_config(config), overrides)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collections.ConfigDict, bool]:
+    """The config to train `workdir` with, and whether it resumes a run there.
+
+    A workdir with a config.json resumes with it (`config`, if given, must have the same
+    model and data settings); otherwise `config` (a name, a path or a ConfigDict) starts a
+    run. `overrides` apply either way (e.g. a larger training.n_iters to train further).
+    """
+    resumed = os.path.exists(config_path(workdir))
+    if resumed:
+        saved = load_config(workdir)
+        if config is not None:
+            given = _as_config(config)
+            for section in ("model", "data"):
+                if given[section].to_json() != saved[section].to_json():
+                    name = config if isinstance(config, str) else config.get("name", "the given config")
+                    raise UserError(
+                        f"{workdir!r} holds a run of another config ({section} settings differ from "
+                        f"{name!r}). Use a new --workdir, or omit --config to resume it."
+                    )
+        saved.unlock()
+        config = saved
+    elif config is None:
+        raise UserError(
+            f"No config: pass --config <name> to start a run in {workdir!r} (scoresde configs lists names)."
+        )
+    return get_config(config, overrides), resumed
+
+
+def eval_images(config, split: str, batch_size: int | None = None):
+    """The images of a split, in order, one pass, as batches `(B, H, W, C)` in [0, 1] (not
+    centered, dequantized or flipped; batch_size default eval.batch_size)."""
+    batches = dataset_from_config(config, split, batch_size or config.eval.batch_size, unit_range=True,
+                                  shuffle=False, num_epochs=1, drop_remainder=False)
+    return (b["image"] for b in batches)
+
+
+# ----------------------------------------------------------------------------- what the commands do
+
+
+def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = True):
+    """`train.train`'s `on_snapshot` for a config, or None when training.snapshot_sampling is
+    off: samples of the EMA model with the config's sampler (a column per class for a
+    conditional model) saved as `samples/step_XXXXXXXX.png` and, with a
+    `reporting.TensorBoardWriter` `tb`, as the TensorBoard image "samples"."""
+    from scoresde import reporting
+    from scoresde.samplers import guidance
+
+    if not config.training.snapshot_sampling:
+        return None
+    num = config.training.get("snapshot_sampling_num", 64)
+    num = jax.device_count() * math.ceil(num / jax.device_count())  # split over the devices
+    shape = (num,) + data_shape(config)
+    table = condition_table(config)
+    name, options = sampler_from_config(config)
+    nrow = len(table) if table is not None and is_image_data(config) else None
+
+    def on_snapshot(state, step):
+        score = models.get_score_fn(sde, model, state.ema_params, continuous=config.training.continuous,
+                                    parameterization=config.model.get("parameterization"))
+        if table is not None:  # a column per class
+            score = guidance.condition(score, table[np.arange(num) % len(table)])
+        x, nfe = run_sampler(jax.random.PRNGKey(step), sde, score, shape, name, options)
+        if jax.process_index() != 0:
+            return
+        x = np.asarray(to_unit_range(x, config))
+        path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+        if nrow:
+            reporting.save_image_grid(x, path, nrow=nrow)
+        else:
+            reporting.save_samples_png(x, path, title=f"step {step}")
+        if verbose:
+            print(f"samples at step {step} ({name}, NFE {nfe}): {path}", flush=True)
+        if tb is not None and is_image_data(config):
+            tb.image(step, "samples", reporting.image_grid(x, nrow))  # x is in [0, 1] already
+
+    return on_snapshot
+
+
+def train_workdir(workdir: str, config=None, overrides=(), verbose: bool = True):
+    """Train (or resume) the run in `workdir`: `train_config` picks the config, every
+    setting is checked before config.json is written, then `train.train` runs with
+    TensorBoard scalars and sample snapshots (`snapshot_hook`).
+
+    Returns (state, stopped): the final `train.TrainState`, and whether training stopped on
+    request (SIGINT / SIGTERM, with a checkpoint) before its last step. A non-finite loss is
+    a UserError (the checkpoints before it stay).
+    """
+    from scoresde import reporting, train
+
+    config, resumed = train_config(workdir, config, overrides)
+    sde, model = sde_from_config(config), model_from_config(config)
+    kwargs = train_kwargs(config)  # checks the conditioning settings and the schedule
+    check_train_kwargs(config, sde, model, kwargs)  # what train.train would reject
+    train_iter = dataset_from_config(config, "train")
+    # Only a config known to be valid is written (a mistake leaves no config.json behind).
+    save_config(workdir, config)
+    tb = reporting.TensorBoardWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None
+    if verbose:
+        print(("Resuming" if resumed else "Starting") + f" {workdir} ({config.get('name', 'config')})", flush=True)
+    try:
+        state = train.train(
+            model, sde, train_iter, workdir, example_shape=data_shape(config),
+            on_log=None if tb is None else tb.scalars, on_snapshot=snapshot_hook(config, sde, model, workdir, tb, verbose),
+            progress=verbose, **kwargs,
+        )
+    except train.NonFiniteLossError as err:
+        raise UserError(str(err)) from err
+    finally:
+        if tb is not None:
+            tb.close()
+    return state, int(state.step) < kwargs["schedule"].last_step
+
+
+def load_image(source, shape: tuple[int, int, int], num: int) -> np.ndarray:
+    """An image repeated `num` times, `(num, H, W, C)` in [0, 1] for the data shape (H, W, C):
+    an image file (PNG, ...) resized to it, or an array `(H, W, C)` / `(num, H, W, C)` in [0, 1]."""
+    if isinstance(source, (str, os.PathLike)):
+        from PIL import Image
+
+        if not os.path.isfile(source):
+            raise UserError(f"No image file {str(source)!r}.")
+        h, w, c = shape
+        img = Image.open(source).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        source = np.asarray(img, np.float32).reshape(shape) / 255.0
+    try:
+        return np.array(np.broadcast_to(np.asarray(source, np.float32), (num,) + tuple(shape)))
+    except ValueError:
+        raise UserError(f"An image of shape {tuple(shape)} is needed, got {np.shape(source)}.") from None
+
+
+def impute(key, config, sde, score, num: int, image, *, mask=None, colorize: bool = False, sampler: str = "pc",
+           options: dict | None = None, method: str = "replace"):
+    """Inpaint `image` where `mask` (1: known, 0: generated) is 0, or colorize its grey
+    levels, `num` times with a config's model (`samplers.imputation`: any sampler, method
+    "replace" or "tmpd"). image and mask: image files or arrays in [0, 1] (`load_image`).
+
+    Returns (original, input as shown: unknown pixels grey or the grey image, output), each
+    `(num, H, W, C)` in [0, 1], and nfe.
+    """
+    from scoresde.samplers import imputation
+
+    if not is_image_data(config):
+        raise UserError("Inpainting and colorization need an image model; this config has 2-D points.")
+    original = load_image(image, data_shape(config), num)
+    to_model = data.get_data_scaler(config.data.get("centered", False))
+    try:
+        if colorize:
+            if original.shape[-1] != 3:
+                raise UserError("--colorize needs an RGB model; this one has 1 channel (use --inpaint).")
+            shown = np.repeat(original.mean(-1, keepdims=True), 3, -1)  # the grey input
+            x, nfe = imputation.colorize(key, sde, score, to_model(shown), sampler=sampler, method=method,
+                                         **(options or {}))
+        else:
+            if mask is None:
+                raise UserError("Inpainting needs a mask (1 where the image is known).")
+            mask = (load_image(mask, data_shape(config), num) > 0.5).astype(np.float32)
+            x, nfe = imputation.inpaint(key, sde, score, to_model(original), mask, sampler=sampler, method=method,
+                                        **(options or {}))
+            shown = original * mask + 0.5 * (1 - mask)  # unknown pixels grey
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return original, shown, np.asarray(to_unit_range(x, config)), nfe
+
+
+@dataclasses.dataclass
+class Samples:
+    """What `sample_workdir` made: samples `(num, ...)` (images in [0, 1], or 2-D points),
+    how, and for imputation its inputs (`original`, `shown`: `(num, H, W, C)`)."""
+
+    samples: np.ndarray
+    nfe: int
+    sampler: str
+    options: dict
+    step: int
+    wall_s: float
+    labels: np.ndarray | None = None  # the class of each sample
+    guidance: float = 0.0
+    per_class: bool = False  # every class in turn: a column per class
+    task: str = ""  # "inpaint", "colorize", or "" (sampling)
+    original: np.ndarray | None = None
+    shown: np.ndarray | None = None
+    accuracy: float | None = None  # digits: the bundled classifier's accuracy on the labels
+
+
+def sample_workdir(
+    workdir: str,
+    num: int = 64,
+    *,
+    sampler: str | None = None,
+    options: dict | None = None,
+    seed: int = 0,
+    labels=None,
+    text: str | None = None,
+    guidance: float = 0.0,
+    classifier: str | None = None,
+    classifier_scale: float = 1.0,
+    image=None,
+    mask=None,
+    colorize: bool = False,
+    impute_method: str = "replace",
+    step: int | None = None,
+) -> Samples:
+    """`num` samples of the EMA model of a trained workdir (latest checkpoint, or `step`).
+
+    sampler, options: a registry sampler and its options (default: the config's sampling
+    settings, `resolve_sampler`). labels, text, guidance, classifier, classifier_scale: the
+    condition and guidance (`conditioned_score`). image with a mask, or with colorize:
+    inpaint or colorize that image instead (`impute`, method `impute_method`). The files:
+    `save_samples`.
+    """
+    config, sde, score, step = load_score_fn(workdir, step)
+    name, options = resolve_sampler(config, sampler, options)
+    key = jax.random.PRNGKey(seed)
+    score, sample_labels = conditioned_score(config, sde, score, num, labels=labels, text=text, guidance=guidance,
+                                             classifier=classifier, classifier_scale=classifier_scale)
+    imputed, accuracy = {}, None
+    start = time.perf_counter()
+    if mask is not None or colorize:
+        original, shown, x, nfe = impute(key, config, sde, score, num, image, mask=mask, colorize=colorize,
+                                         sampler=name, options=options, method=impute_method)
+        imputed = dict(task="colorize" if colorize else "inpaint", original=original, shown=shown)
+    else:
+        x, nfe = run_sampler(key, sde, score, (num,) + data_shape(config), name, options)
+        x = np.asarray(to_unit_range(x, config))
+    wall = time.perf_counter() - start
+    if sample_labels is not None and config.data.dataset == "digits" and not imputed:
+        from scoresde.evaluation.digits import digits_accuracy
+
+        accuracy = digits_accuracy(x, sample_labels)
+    per_class = sample_labels is not None and labels is None and is_image_data(config)
+    return Samples(x, nfe, name, options, step, wall, sample_labels, guidance, per_class, accuracy=accuracy, **imputed)
+
+
+def save_samples(result: Samples, prefix: str) -> str:
+    """Write `<prefix>.npz` (samples, nfe, sampler, options as JSON, step, guidance, labels)
+    and a PNG: a grid (a column per class when every class was sampled; rows of original |
+    input | output for imputation) or a scatter plot of 2-D points. Returns the PNG's path."""
+    from scoresde import reporting
+
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    x = result.samples
+    extra = {} if result.labels is None else {"labels": result.labels}
+    np.savez(prefix + ".npz", samples=x, nfe=result.nfe, sampler=result.sampler, options=json.dumps(result.options),
+             step=result.step, guidance=result.guidance, **extra)
+    if result.task:  # one row per sample: original | input | output
+        grid = np.stack([result.original, result.shown, x], 1).reshape((-1,) + x.shape[1:])
+        return reporting.save_image_grid(grid, prefix + ".png", nrow=3)
+    if result.per_class:
+        return reporting.save_image_grid(x, prefix + ".png", nrow=int(result.labels.max()) + 1)
+    return reporting.save_samples_png(x, prefix + ".png", title=f"{result.sampler}, NFE {result.nfe}")
+
+
+def likelihood_report(
+    workdir: str,
+    split: str | None = None,
+    *,
+    passes: int = 5,
+    batch: int | None = None,
+    limit: int | None = None,
+    divergence: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    seed: int = 0,
+) -> dict:
+    """Bits/dim of a split (default eval.bpd_dataset) under a trained workdir's EMA model
+    (`likelihood.evaluate_bpd`, `passes` dequantization passes, batches of `batch`, default
+    eval.batch_size; only the first `limit` examples with a limit). Returns its report with
+    the split, step, divergence, tolerances and workdir."""
+    from scoresde import likelihood
+
+    config, sde, score, step = load_score_fn(workdir)
+    if not is_image_data(config):
+        raise UserError("likelihood reports bits/dim of discrete image data; this config has 2-D points.")
+    split = split or config.eval.bpd_dataset
+    batch = batch or config.eval.batch_size
+    images = np.concatenate(list(eval_images(config, split, batch)))[:limit]
+    batch = min(batch, len(images))
+    batch = max(batch - batch % jax.device_count(), jax.device_count())  # split over the devices (padded)
+    report = likelihood.evaluate_bpd(
+        jax.random.PRNGKey(seed), sde, score, images, batch, num_bins=config.data.get("num_bins", 256),
+        centered=config.data.centered, num_passes=passes, divergence=divergence, rtol=rtol, atol=atol,
+    )
+    report.update(split=split, step=step, divergence=divergence, rtol=rtol, atol=atol, workdir=workdir)
+    return report

@@ -31,6 +31,7 @@ one network learns s(x, t, y) and s(x, t, None) for classifier-free guidance.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.linen as nn
@@ -71,6 +72,21 @@ def batch_condition(condition, p_uncond: float, key, batch):
     return drop_condition(jax.random.fold_in(key, 3), condition(batch), p_uncond)
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitLoss:
+    """A loss `(params, key, batch) -> scalar` in two parts, so that gradient accumulation
+    can split a batch and its randomness into micro-batches and get the same loss:
+    `draw(key, batch) -> (noise, dropout_key)`, noise a pytree of per-example arrays, and
+    `per_example(params, batch, noise, dropout_key) -> (B,)`; the loss is their mean."""
+
+    draw: Callable
+    per_example: Callable
+
+    def __call__(self, params, key, batch):
+        noise, k_dropout = self.draw(key, batch)
+        return jnp.mean(self.per_example(params, batch, noise, k_dropout))
+
+
 def get_sde_loss_fn(
     sde: sde_lib.SDE,
     model: nn.Module,
@@ -100,11 +116,18 @@ def get_sde_loss_fn(
     """
     reduce_op = _reduce_op(reduce_mean)
 
-    def loss_fn(params, key, batch):
+    def draw(key, batch):
+        """The batch's randomness: per-example times t, noise z and condition y, and the dropout key."""
         data = batch_images(batch)
         k_t, k_z, k_dropout = jax.random.split(key, 3)
         t = jax.random.uniform(k_t, (data.shape[0],), data.dtype, minval=eps, maxval=sde.T)
         z = jax.random.normal(k_z, data.shape, data.dtype)
+        y = batch_condition(condition, p_uncond if train else 0.0, key, batch)
+        return {"t": t, "z": z, "y": y}, k_dropout
+
+    def per_example(params, batch, noise, k_dropout):
+        """The loss of each example `(B,)` given its randomness from `draw`."""
+        data, t, z, y = batch_images(batch), noise["t"], noise["z"], noise["y"]
         mean, std = sde.marginal_prob(data, t)
         perturbed = mean + batch_broadcast(std, data) * z
         score_fn = get_score_fn(
@@ -116,16 +139,13 @@ def get_sde_loss_fn(
             parameterization=parameterization,
             dropout_rng=k_dropout if train else None,
         )
-        y = batch_condition(condition, p_uncond if train else 0.0, key, batch)
         score = score_fn(perturbed, t) if y is None else score_fn(perturbed, t, y)
         if not likelihood_weighting:
-            losses = reduce_op(_flat(jnp.square(score * batch_broadcast(std, score) + z)))
-        else:
-            g2 = sde.sde(jnp.zeros_like(data), t)[1] ** 2
-            losses = reduce_op(_flat(jnp.square(score + z / batch_broadcast(std, z)))) * g2
-        return jnp.mean(losses)
+            return reduce_op(_flat(jnp.square(score * batch_broadcast(std, score) + z)))
+        g2 = sde.sde(jnp.zeros_like(data), t)[1] ** 2
+        return reduce_op(_flat(jnp.square(score + z / batch_broadcast(std, z)))) * g2
 
-    return loss_fn
+    return SplitLoss(draw, per_example)
 
 
 def get_smld_loss_fn(vesde: sde_lib.VESDE, model: nn.Module, train: bool, reduce_mean: bool = False) -> LossFn:

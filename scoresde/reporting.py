@@ -1,7 +1,9 @@
-"""What a user sees: sample grids as PNG, 2-D scatter plots, TensorBoard scalars."""
+"""What a user sees: sample grids as PNG, 2-D scatter plots, TensorBoard scalars and images,
+strict JSON reports."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -68,8 +70,31 @@ def save_samples_png(samples, path: str, title: str = "") -> str:
     return save_image_grid(samples, path)
 
 
+def jsonable(obj):
+    """obj with numpy scalars as Python numbers, tuples as lists, and NaN and infinities as
+    None (JSON has none of them)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str, obj) -> str:
+    """Write obj as strict JSON (`jsonable`), atomically; returns the path."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(jsonable(obj), f, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+    return path
+
+
 class TensorBoardWriter:
-    """Scalars as TensorBoard event files (via tensorboardX; TensorFlow is not needed)."""
+    """Scalars and images as TensorBoard event files (via tensorboardX; TensorFlow is not needed)."""
 
     def __init__(self, logdir: str):
         from tensorboardX import SummaryWriter

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -162,16 +163,59 @@ def init_train_state(
 # ----------------------------------------------------------------------------- steps
 
 
-def make_train_step(loss_fn, optimizer: optax.GradientTransformation, ema_rate: float):
+def accumulated_value_and_grad(loss_fn: losses_lib.SplitLoss, micro_batches: int):
+    """`(params, key, batch) -> (loss, grads)` of the whole batch, computed over
+    `micro_batches` equal slices in a `lax.scan`: activations of one slice at a time.
+
+    The batch's randomness is drawn once for the whole batch and sliced with it, so the
+    loss and gradient are those of the plain step up to float summation order (with
+    dropout, each slice draws its own dropout mask)."""
+
+    def value_and_grad(params, key, batch):
+        noise, k_dropout = loss_fn.draw(key, batch)
+        size = losses_lib.batch_images(batch).shape[0]
+        # Slice i takes every micro_batches-th example from i on, so a batch sharded over
+        # devices stays sharded in every slice.
+        split = functools.partial(
+            jax.tree.map, lambda a: a.reshape(size // micro_batches, micro_batches, *a.shape[1:]).swapaxes(0, 1)
+        )
+
+        def micro_sum(params, micro, i):
+            return jnp.sum(loss_fn.per_example(params, *micro, jax.random.fold_in(k_dropout, i)))
+
+        def body(carry, xs):
+            i, micro = xs
+            loss, grads = jax.value_and_grad(micro_sum)(params, micro, i)
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        (total, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), split((batch, noise))))
+        return total / size, jax.tree.map(lambda g: g / size, grads)
+
+    return value_and_grad
+
+
+def make_train_step(loss_fn, optimizer: optax.GradientTransformation, ema_rate: float, micro_batches: int = 1):
     """One optimization step `(state, batch) -> (state, {"loss", "grad_norm"})`.
 
     `loss_fn(params, key, batch)` is a `losses` function. The loss reported is that
-    of the parameters before the update, as the reference.
+    of the parameters before the update, as the reference. `micro_batches` > 1
+    accumulates the gradient over that many slices of the batch
+    (`accumulated_value_and_grad`; the loss must be a `losses.SplitLoss`).
     """
+    if not (isinstance(micro_batches, int) and micro_batches >= 1):
+        raise ValueError(f"micro_batches must be an integer >= 1, got {micro_batches!r}.")
+    if micro_batches == 1:
+        value_and_grad = jax.value_and_grad(loss_fn)
+    elif isinstance(loss_fn, losses_lib.SplitLoss):
+        value_and_grad = accumulated_value_and_grad(loss_fn, micro_batches)
+    else:
+        raise ValueError("Gradient accumulation (micro_batches > 1) needs the continuous SDE loss "
+                         "(training.continuous=True, objective 'score').")
 
     def step_fn(state: TrainState, batch):
         rng, step_rng = jax.random.split(state.rng)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, step_rng, batch)
+        loss, grads = value_and_grad(state.params, step_rng, batch)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -541,6 +585,7 @@ def train(
     objective: str = "score",
     loss_kwargs: dict | None = None,
     ema_rate: float | None = None,
+    micro_batches: int = 1,
     lr_schedule: Callable[[int], Any] | None = None,
     seed: int = 0,
     eval_iter: Iterator | None = None,
@@ -567,6 +612,8 @@ def train(
         labels the network is initialized with. A "condition" in it (or the classifier
         objective) makes the batches need labels.
       ema_rate: the parameters' EMA rate (None: 0.999 for VE, 0.9999 otherwise).
+      micro_batches: gradient accumulation over this many slices of each batch (less memory,
+        the same step; see `make_train_step`).
       lr_schedule: the optimizer's learning rate per update count, logged as "lr" (None:
         not logged).
       seed: the initialization's and the steps' PRNG seed.
@@ -594,10 +641,13 @@ def train(
     local_batch = getattr(train_iter, "local_batch_size", None)
     if local_batch is not None:
         parallel.check_divisible(local_batch * jax.process_count())
+        if (local_batch * jax.process_count()) % micro_batches:
+            raise ValueError(f"The batch size {local_batch * jax.process_count()} must be a multiple of "
+                             f"micro_batches={micro_batches}.")
     with_labels = objective == "classifier" or loss_kwargs.get("condition") is not None
     n = schedule.n_jitted_steps
     loss_fn = objective_loss_fn(sde, model, objective, True, **loss_kwargs)
-    p_step = compile_step(make_train_step(loss_fn, optimizer, ema_rate), n)
+    p_step = compile_step(make_train_step(loss_fn, optimizer, ema_rate, micro_batches), n)
     p_eval = None
     if eval_iter is not None:
         p_eval = compile_eval_step(make_eval_step(objective_loss_fn(sde, model, objective, False, **loss_kwargs)))

@@ -445,12 +445,14 @@ def test_load_ema_params_restores_the_saved_state(toy_workdir):
 def test_sampler_errors(toy_workdir, tmp_path, quick_load):
     out = ["--out", str(tmp_path / "s")]
     message = error_of("sample", "--workdir", toy_workdir, "--sampler", "nope", *out)
-    assert "unknown sampler 'nope'" in message and "dpm_solver++" in message  # with the valid names
+    assert "unknown sampler 'nope'" in message.lower() and "dpm_solver++" in message  # with the valid names
     assert "--option takes KEY=VALUE" in error_of("sample", "--workdir", toy_workdir, "--option", "snr", *out)
     message = error_of("sample", "--workdir", toy_workdir, "--sampler", "ddim", "--option", "snr=0.1", *out)
-    assert "sampler 'ddim' has no option snr" in message and "num_steps" in message
+    assert "sampler 'ddim' has no option(s) snr" in message.lower() and "num_steps" in message
     assert "num_steps" in error_of("sample", "--workdir", toy_workdir, "--sampler", "ddim", "--steps", "0", *out)
-    assert "unknown sampler 'nope'" in error_of("ablate", "--workdir", toy_workdir, "--samplers", "ddim,nope")
+    message = error_of("sample", "--workdir", toy_workdir, "--snr", "nan", *out)
+    assert "snr must be a finite number >= 0" in message
+    assert "unknown sampler 'nope'" in error_of("ablate", "--workdir", toy_workdir, "--samplers", "ddim,nope").lower()
     assert not os.listdir(tmp_path)  # nothing written
 
 
@@ -470,3 +472,110 @@ def test_data_not_prepared_from_the_shell(tmp_path):
     assert proc.stderr.startswith("scoresde: error: The TFDS data set 'mnist' (split 'train') is not available")
     assert str(empty) in proc.stderr and "tfds build mnist --file_format=array_record" in proc.stderr
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+# ----------------------------------------------------------------------------- the config's sampler, TensorBoard, evaluate
+
+
+@pytest.fixture(scope="module")
+def snapshot_workdir(tmp_path_factory):
+    """A digits workdir (centered data) trained for 2 steps with a sample snapshot at step 2 from
+    the config's sampler, set to dpm_solver++; and what training printed."""
+    import contextlib
+    import io
+
+    workdir = str(tmp_path_factory.mktemp("snapshots") / "run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run("train", "--config", "digits_vp", "--workdir", workdir, *TINY, "--config.training.n_iters=2",
+            "--config.training.batch_size=16", "--config.training.snapshot_freq=2",
+            "--config.training.snapshot_sampling=True", "--config.sampling.method=dpm_solver++", *TINY_UNET)
+    return workdir, printed.getvalue()
+
+
+def test_config_sampling_method_is_the_sampler_used(snapshot_workdir, tmp_path, capsys):
+    """sampling.method names any sampler of the registry, and that sampler samples: the training
+    snapshots, and sample and evaluate without --sampler (dpm_solver++ once passed validation and
+    sampled with PC: NFE 1000)."""
+    from scoresde.samplers import registry
+
+    workdir, printed = snapshot_workdir
+    nfe = registry.get_sampler("dpm_solver++").nfe(registry.sampler_options("dpm_solver++")["num_steps"])
+    assert nfe == 20 and f"samples at step 2 (dpm_solver++, NFE {nfe}):" in printed, printed
+    out = str(tmp_path / "s")
+    run("sample", "--workdir", workdir, "--num", "4", "--out", out)
+    saved = np.load(out + ".npz")
+    assert (str(saved["sampler"]), int(saved["nfe"])) == ("dpm_solver++", nfe)
+    capsys.readouterr()
+    run("evaluate", "--workdir", workdir, "--num", "4", "--chunk", "4")
+    report = json.load(open(capsys.readouterr().out.rsplit("wrote ", 1)[1].strip()))
+    assert report["sampler"] == "dpm_solver++" and report["num_samples"] == 4
+
+
+def tensorboard_images(logdir):
+    """{(tag, step): image array} of the image summaries in the event files of logdir."""
+    import glob
+    import io
+    import struct
+
+    from PIL import Image
+    from tensorboardX.proto import event_pb2
+
+    images = {}
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        raw, i = open(path, "rb").read(), 0
+        while i < len(raw):  # TFRecords: length (u64), its crc (u32), data, the data's crc (u32)
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            event = event_pb2.Event.FromString(raw[i + 12 : i + 12 + n])
+            i += 16 + n
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images[value.tag, event.step] = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+    return images
+
+
+def test_tensorboard_samples_are_the_png_grid(snapshot_workdir):
+    """The TensorBoard image of the training samples shows what the PNG shows (for centered data
+    it was converted to [0, 1] twice, so that every pixel lay in [0.5, 1])."""
+    from PIL import Image
+
+    workdir, _ = snapshot_workdir
+    png = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002.png")))
+    image = tensorboard_images(os.path.join(workdir, "tensorboard"))["samples", 2]
+    assert image.ndim == 3 and np.all(image == image[..., :1])  # grey, stored as RGB
+    upscale = png.shape[0] // image.shape[0]  # the PNG grid is upscaled to be visible
+    assert png.shape == (image.shape[0] * upscale, image.shape[1] * upscale)
+    np.testing.assert_array_equal(image[..., 0], png[::upscale, ::upscale])
+    assert image.min() < 127  # not the [0.5, 1] of the double conversion (a 2-step model's samples are noise)
+
+
+def test_evaluate_cache_is_keyed_by_its_settings(digits_workdir, monkeypatch, capsys):
+    """evaluate keeps its sample chunks for a rerun only with the settings that made them: another
+    --steps or --seed samples afresh (a rerun once reused the chunks and reported their metrics
+    under the new options), and the same settings reuse them."""
+    from scoresde.samplers import registry
+
+    calls, sample = [], registry.sample
+
+    def spy(key, sde, score_fn, shape, name, **options):
+        calls.append(options)
+        return sample(key, sde, score_fn, shape, name, **options)
+
+    def evaluate(*argv):
+        capsys.readouterr()
+        run("evaluate", "--workdir", digits_workdir, "--num", "8", "--chunk", "8", "--sampler", "ddim", *argv)
+        path = capsys.readouterr().out.rsplit("wrote ", 1)[1].strip()
+        return path, json.load(open(path)), np.load(os.path.join(os.path.dirname(path), "chunk_00000.npz"))["samples"]
+
+    monkeypatch.setattr(registry, "sample", spy)
+    path1, first, x1 = evaluate("--steps", "1")
+    path2, steps, _ = evaluate("--steps", "2")
+    path3, seed, x3 = evaluate("--steps", "1", "--seed", "1")
+    assert calls == [{"num_steps": 1}, {"num_steps": 2}, {"num_steps": 1}]  # each sampled its own chunk
+    assert len({path1, path2, path3}) == 3
+    assert (first["options"], steps["options"], seed["options"]) == ({"num_steps": 1}, {"num_steps": 2}, {"num_steps": 1})
+    assert (first["seed"], steps["seed"], seed["seed"]) == (0, 0, 1)
+    assert not np.array_equal(x1, x3) and seed["fd"] != first["fd"]
+    # The first settings again: their chunk, nothing sampled, the same report.
+    path4, again, x4 = evaluate("--steps", "1")
+    assert len(calls) == 3 and path4 == path1 and again == first and np.array_equal(x4, x1)

@@ -119,6 +119,30 @@ def test_ablate_guidance_sweep(workdirs, tmp_path):
                                        "ddim", "--nfes", "2", "--num", "8", "--out", prefix)
 
 
+def test_ablate_guidance_sweep_compiles_the_sampler_once(workdirs):
+    """`scoresde ablate --guidance 0,1,3` as one library call: from cold caches, the sampler compiles
+    once for the three weights (w = 0 once sampled a plain conditional score: a second program)."""
+    import jax
+
+    from scoresde import ablation
+
+    compiled = []
+
+    def listener(event, duration_secs, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name", "?"))
+
+    jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = ablation.ablate_workdir(workdirs["digits_vp_class"], ["ddim"], [2], num=20, guidance=[0.0, 1.0, 3.0])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert [row["guidance"] for row in result.rows] == [0.0, 1.0, 3.0]
+    samplers = [name for name in compiled if "dpm" in name]  # DDIM is DPM-Solver-1: `fast._dpm_loop`
+    assert len(samplers) == 1, compiled
+
+
 def test_condition_config_errors(tmp_path):
     workdir = str(tmp_path / "bad")
     assert "model.num_classes=10" in error_of("train", "--config", "digits_vp", "--workdir", workdir,

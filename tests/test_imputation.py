@@ -454,9 +454,9 @@ def _inpaint(**kwargs):
         (dict(mask=jnp.ones((4, 2))), r"mask of shape \(4, 2\) does not broadcast to the data's shape \(8, 2\)"),
         (dict(data=jnp.ones(8)), r"data must be a batch \(B, ...\)"),
         (dict(method="pseudoinverse"), "valid names: replace, tmpd"),
-        (dict(sampler="gibbs"), "imputation supports: pc, euler_maruyama"),
+        (dict(sampler="gibbs"), "Unknown sampler .gibbs.; valid names: pc, euler_maruyama"),
         (dict(z=jnp.zeros((8, 2)), sampler="ode"), "set by the imputation itself"),
-        (dict(snr=0.2, sampler="ddim"), "no option.*snr.*valid: num_steps, eps, spacing\\.$"),
+        (dict(snr=0.2, sampler="ddim"), "no option.*snr.*valid: num_steps, eps, spacing, z\\.$"),
         (dict(method="tmpd", cg_iters=-1), "cg_iters must be an integer >= 0"),
     ],
 )

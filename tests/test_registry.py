@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from scoresde import analytic, sde_lib
 from scoresde.samplers import imputation, registry
 
-SDE = sde_lib.VPSDE()
-SCORE = analytic.separated_mixture(2).score_fn(SDE)
+from conftest import SDES, target_score
+
+SDE = SDES["vp"]
+SCORE = target_score(2, "vp")
 
 
 @pytest.mark.parametrize("name", [n for n in registry.SAMPLERS if n != "ode"])

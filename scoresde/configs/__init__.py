@@ -52,13 +52,21 @@ CONDITIONING_DEFAULTS = {
     "model.context_length": 8,
     "model.context_dim": 64,
 }
+# Memory options every config gets: gradient accumulation over micro-batches, and for the
+# NCSN++/DDPM++ networks gradient checkpointing per residual block and mixed precision.
+MEMORY_DEFAULTS = {
+    "training.micro_batches": 1,  # > 1: accumulate gradients over this many slices of each batch
+    "model.remat": False,  # recompute each residual block in the backward pass
+    "model.compute_dtype": "float32",  # "bfloat16": compute in bf16, parameters and optimizer in float32
+}
 OBJECTIVES = ("score", "classifier")
 CONDITIONS = ("none", "class", "spelling")
+OPTIMIZERS = ("Adam",)  # optim.optimizer: the reference's only choice (`experiment.train_kwargs`)
 # config.model keys of the default_*_configs files, shared by configs whose networks may not
 # read them all (the DDPM network has no embedding_type or fourier_scale, nor conditioning).
 DEFAULT_MODEL_KEYS = frozenset(
     {"dropout", "embedding_type", "fourier_scale"}
-    | {k.split(".")[1] for k in CONDITIONING_DEFAULTS if k.startswith("model.")}
+    | {k.split(".")[1] for k in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS} if k.startswith("model.")}
 )
 # Keys whose value may be None besides those holding None (checked by path, so that a config
 # read back from JSON, where placeholders are plain values, keeps them).
@@ -167,7 +175,7 @@ def get_config(name_or_path: str, lock: bool = True) -> ml_collections.ConfigDic
         raise ValueError(f"get_config() of {name_or_path!r} returned a {type(config).__name__}, not a ConfigDict.")
     if "name" not in config:
         config.name = name
-    for path, value in CONDITIONING_DEFAULTS.items():
+    for path, value in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS}.items():
         section, key = path.split(".")
         if section in config and key not in config[section]:
             config[section][key] = value
@@ -358,6 +366,8 @@ def _choices(path: str):
             return OBJECTIVES
         if path == "training.condition":
             return CONDITIONS
+        if path == "optim.optimizer":
+            return OPTIMIZERS
         if path == "sampling.method":
             from scoresde.samplers.registry import SAMPLERS
 
@@ -388,7 +398,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     (model.ch_mult=(1,2), model.attn_resolutions=()), and None is allowed where the
     field may be None (model.parameterization). Unknown keys fail with the closest
     existing key; enumerated fields (training.sde, model.name, sampling.predictor,
-    sampling.corrector, sampling.method, model.parameterization) must name a valid choice.
+    sampling.corrector, sampling.method, model.parameterization, optim.optimizer) must
+    name a valid choice.
     """
     if isinstance(overrides, str):
         overrides = [overrides]
@@ -440,7 +451,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Check that a config's names are known and its model section matches its network.
 
     Raises ValueError listing every problem: an unknown training.sde, model.name,
-    sampling predictor/corrector/method, parameterization or data set; a config.model key
+    sampling predictor/corrector/method, optimizer, parameterization or data set; a config.model key
     the network does not read (a typo, or a leftover of another architecture); a network
     field absent from config.model and config.data (the module default would be used silently).
     """
@@ -449,7 +460,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from scoresde.models.registry import _MODELS
 
     problems = []
-    paths = ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector")
+    paths = ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector",
+             "optim.optimizer")
     for path in paths + ("training.objective", "training.condition"):
         section, key = path.split(".")
         if key not in config[section]:
@@ -473,6 +485,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             close = difflib.get_close_matches(k, sorted(fields), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"config.model.{k} is not read by the {name!r} network{hint}")
+        for path, default in MEMORY_DEFAULTS.items():
+            section, k = path.split(".")
+            if section == "model" and k not in fields and config.model.get(k, default) != default:
+                problems.append(f"config.model.{k}={config.model[k]!r}: the {name!r} network has no such option")
         for k in sorted(fields - set(config.model.keys()) - set(config.data.keys())):
             problems.append(
                 f"the {name!r} network's field {k!r} is missing from config.model (its default would be used)"

@@ -33,18 +33,12 @@ def get_default_configs():
   sampling.corrector = 'langevin'
   sampling.n_steps_each = 1
   sampling.noise_removal = True
-  sampling.probability_flow = False
   sampling.snr = 0.17
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 1
-  evaluate.end_ckpt = 26
   evaluate.batch_size = 1024
-  evaluate.enable_sampling = True
   evaluate.num_samples = 50000
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
 
   # data

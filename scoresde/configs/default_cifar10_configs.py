@@ -31,24 +31,19 @@ def get_default_configs():
   # sampling
   config.sampling = sampling = ml_collections.ConfigDict()
   # scoresde: method/predictor/corrector are set by every reference config; present here so that
-  # every config has them. method: 'pc' | 'ode'.
+  # every config has them. method: 'pc' (the reference's), 'ode', or any sampler of
+  # scoresde.samplers.registry (e.g. 'dpm_solver++').
   sampling.method = 'pc'
   sampling.predictor = 'reverse_diffusion'
   sampling.corrector = 'langevin'
   sampling.n_steps_each = 1
   sampling.noise_removal = True
-  sampling.probability_flow = False
   sampling.snr = 0.16
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 9
-  evaluate.end_ckpt = 26
   evaluate.batch_size = 1024
-  evaluate.enable_sampling = False
   evaluate.num_samples = 50000
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
 
   # data

@@ -37,18 +37,12 @@ def get_default_configs():
   sampling.corrector = 'none'
   sampling.n_steps_each = 1
   sampling.noise_removal = True
-  sampling.probability_flow = False
   sampling.snr = 0.16
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 1
-  evaluate.end_ckpt = 3
   evaluate.batch_size = 512
-  evaluate.enable_sampling = True
   evaluate.num_samples = 1024
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = True
   evaluate.bpd_dataset = 'test'
 
   # data

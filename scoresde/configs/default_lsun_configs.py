@@ -34,18 +34,12 @@ def get_default_configs():
   sampling.corrector = 'langevin'
   sampling.n_steps_each = 1
   sampling.noise_removal = True
-  sampling.probability_flow = False
   sampling.snr = 0.075
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 50
-  evaluate.end_ckpt = 96
   evaluate.batch_size = 512
-  evaluate.enable_sampling = True
   evaluate.num_samples = 50000
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
 
   # data

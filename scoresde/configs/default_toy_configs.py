@@ -35,18 +35,12 @@ def get_default_configs(dataset='8gaussians'):
   sampling.corrector = 'none'
   sampling.n_steps_each = 1
   sampling.noise_removal = True
-  sampling.probability_flow = False
   sampling.snr = 0.16
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 1
-  evaluate.end_ckpt = 4
   evaluate.batch_size = 4096
-  evaluate.enable_sampling = True
   evaluate.num_samples = 4096
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False  # bits/dim is for discrete (image) data
   evaluate.bpd_dataset = 'test'
 
   # data

@@ -8,6 +8,9 @@ Feature spaces (`feature_spaces`), each result naming its own:
     pytorch-fid weights; its Fréchet distance is the FID.
   - "digits_classifier": the bundled 8x8-digits classifier (`digits`); its Fréchet
     distance is "FD-digits", never to be reported as FID.
+
+A trained workdir (`workdir`): `evaluate_workdir` (samples in resumable chunks, then the
+metrics), `dataset_stats` (a data set's reference statistics).
 """
 
 from scoresde.evaluation.digits import digits_features, digits_logits, digits_split
@@ -30,3 +33,4 @@ from scoresde.evaluation.metrics import (
     save_stats,
     stats_from_features,
 )
+from scoresde.evaluation.workdir import dataset_stats, evaluate_workdir

@@ -64,6 +64,7 @@ def conv1x1(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: in
         kernel_dilation=(dilation, dilation),
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
+        dtype=x.dtype,
     )(x)
 
 
@@ -78,13 +79,23 @@ def conv3x3(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: in
         kernel_dilation=(dilation, dilation),
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
+        dtype=x.dtype,
     )(x)
+
+
+def checkpointed(block: type[nn.Module]) -> type[nn.Module]:
+    """`nn.remat` of a residual block class called as (x, temb, train): its activations are
+    recomputed in the backward pass instead of stored. Keeps the class name, so the
+    parameter tree (and checkpoints) are the same with or without it."""
+    cls = nn.remat(block, static_argnums=(3,))
+    cls.__name__ = block.__name__
+    return cls
 
 
 def group_norm(x, num_groups: Optional[int] = None):
     """GroupNorm (a fresh `GroupNorm_i` submodule); by default NCSN++'s min(C // 4, 32) groups."""
     groups = min(x.shape[-1] // 4, 32) if num_groups is None else num_groups
-    return nn.GroupNorm(num_groups=groups)(x)
+    return nn.GroupNorm(num_groups=groups, dtype=x.dtype)(x)
 
 
 def divide_by_sigma(h, sigmas):
@@ -138,7 +149,7 @@ class NIN(nn.Module):
         in_dim = int(x.shape[-1])
         W = self.param("W", default_init(scale=self.init_scale), (in_dim, self.num_units))
         b = self.param("b", nn.initializers.zeros, (self.num_units,))
-        y = jnp.tensordot(x, W, axes=1) + b
+        y = jnp.tensordot(x, W.astype(x.dtype), axes=1) + b.astype(x.dtype)
         assert y.shape == x.shape[:-1] + (self.num_units,)
         return y
 
@@ -177,13 +188,13 @@ class AttnBlockpp(nn.Module):
         v = NIN(C)(h)
         w = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(C) ** (-0.5))
         w = jnp.reshape(w, (B, H, W, H * W))
-        w = jax.nn.softmax(w, axis=-1)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)  # float32 under mixed precision
         w = jnp.reshape(w, (B, H, W, H, W))
         h = jnp.einsum("bhwHW,bHWc->bhwc", w, v)
         h = NIN(C, init_scale=self.init_scale)(h)
         if not self.skip_rescale:
             return x + h
-        return (x + h) / np.sqrt(2.0)
+        return rescaled_sum(x, h)
 
 
 class CrossAttnBlock(nn.Module):
@@ -318,11 +329,16 @@ def _add_temb(h, temb, act, out_ch):
     """Add a per-channel bias computed from the time embedding `(B, E)` to h `(B, H, W, out_ch)`."""
     if temb is None:
         return h
-    return h + nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :]
+    return h + nn.Dense(out_ch, kernel_init=default_init(), dtype=h.dtype)(act(temb))[:, None, None, :]
+
+
+def rescaled_sum(x, h):
+    """(x + h) / sqrt(2), the skip rescaling, in x's dtype (a bfloat16 sum stays bfloat16)."""
+    return (x + h) / jnp.asarray(np.sqrt(2.0), x.dtype)
 
 
 def _residual(x, h, skip_rescale):
-    return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+    return rescaled_sum(x, h) if skip_rescale else x + h
 
 
 class ResnetBlockDDPMpp(nn.Module):

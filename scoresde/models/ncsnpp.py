@@ -23,7 +23,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, divide_by_sigma, group_norm
@@ -70,9 +69,12 @@ class NCSNpp(nn.Module):
     context_vocab_size: int = 0
     context_length: int = 8
     context_dim: int = 64
+    remat: bool = False  # gradient checkpointing: recompute each residual block in the backward pass
+    compute_dtype: str = "float32"  # "bfloat16": mixed precision (float32 parameters, GroupNorm statistics, softmax)
 
     def _check(self):
         options = {
+            "compute_dtype": (self.compute_dtype, ("float32", "bfloat16", "float16")),
             "resblock_type": (self.resblock_type, ("ddpm", "biggan")),
             "progressive": (self.progressive, ("none", "output_skip", "residual")),
             "progressive_input": (self.progressive_input, ("none", "input_skip", "residual")),
@@ -142,9 +144,11 @@ class NCSNpp(nn.Module):
         pyramid_downsample = functools.partial(
             layers.Downsample, fir=fir, fir_kernel=fir_kernel, with_conv=progressive_input == "residual"
         )
+        block = layers.ResnetBlockDDPMpp if resblock_type == "ddpm" else layers.ResnetBlockBigGANpp
+        block = layers.checkpointed(block) if self.remat else block
         if resblock_type == "ddpm":
             ResnetBlock = functools.partial(
-                layers.ResnetBlockDDPMpp,
+                block,
                 act=act,
                 dropout=self.dropout,
                 init_scale=init_scale,
@@ -152,7 +156,7 @@ class NCSNpp(nn.Module):
             )
         else:
             ResnetBlock = functools.partial(
-                layers.ResnetBlockBigGANpp,
+                block,
                 act=act,
                 dropout=self.dropout,
                 fir=fir,
@@ -164,6 +168,7 @@ class NCSNpp(nn.Module):
         if not self.centered:
             # Input data in [0, 1]: map to [-1, 1].
             x = 2 * x - 1.0
+        x = x.astype(self.compute_dtype)  # mixed precision: the layers compute in x's dtype
 
         # Downsampling path.
         input_pyramid = x if progressive_input != "none" else None
@@ -186,7 +191,7 @@ class NCSNpp(nn.Module):
                     h = combiner()(input_pyramid, h)
                 elif progressive_input == "residual":
                     input_pyramid = pyramid_downsample(out_ch=h.shape[-1])(input_pyramid)
-                    input_pyramid = (input_pyramid + h) / np.sqrt(2.0) if skip_rescale else input_pyramid + h
+                    input_pyramid = layers.rescaled_sum(input_pyramid, h) if skip_rescale else input_pyramid + h
                     h = input_pyramid
                 hs.append(h)
 
@@ -214,7 +219,7 @@ class NCSNpp(nn.Module):
                     pyramid = pyramid + conv3x3(act(group_norm(h)), x.shape[-1], bias=True, init_scale=init_scale)
                 else:
                     pyramid = pyramid_upsample(out_ch=h.shape[-1])(pyramid)
-                    pyramid = (pyramid + h) / np.sqrt(2.0) if skip_rescale else pyramid + h
+                    pyramid = layers.rescaled_sum(pyramid, h) if skip_rescale else pyramid + h
                     h = pyramid
 
             if i_level != 0:
@@ -231,6 +236,7 @@ class NCSNpp(nn.Module):
             h = act(group_norm(h))
             h = conv3x3(h, x.shape[-1], init_scale=init_scale)
 
+        h = h.astype(jnp.float32)
         if self.scale_by_sigma:
             if self.embedding_type.lower() == "positional":
                 used_sigmas = get_sigmas(self.sigma_min, self.sigma_max, self.num_scales)[time_cond.astype(jnp.int32)]

@@ -33,19 +33,17 @@ def get_config():
   sampling.method = 'pc'
   sampling.predictor = 'reverse_diffusion'
   sampling.corrector = 'langevin'
-  sampling.probability_flow = False
   sampling.snr = 0.15
   sampling.n_steps_each = 1
   sampling.noise_removal = True
 
   # eval
-  # FIX(reference): the reference file sets only these four eval fields; enable_sampling,
-  # enable_loss, enable_bpd and bpd_dataset (read by its evaluation loop) now come from the defaults.
+  # FIX(reference): the reference file sets only four eval fields (these two, begin_ckpt and
+  # end_ckpt, which nothing here reads: see configs/README.md); bpd_dataset, which
+  # `scoresde likelihood` reads, now comes from the defaults.
   evaluate = config.eval
   evaluate.batch_size = 1024
   evaluate.num_samples = 50000
-  evaluate.begin_ckpt = 1
-  evaluate.end_ckpt = 96
 
   # data
   data = config.data

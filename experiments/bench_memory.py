@@ -1,0 +1,128 @@
+"""Memory options of training, measured: peak temporary memory of the compiled train step
+(XLA's `compiled.memory_analysis()`) for the reference-size DDPM++ at batch 128, and train
+step throughput on a smaller DDPM++ (nf = 32, batch 16), for
+
+  plain float32 | gradient checkpointing (model.remat) | 4 micro-batches (training.micro_batches)
+  | bfloat16 compute (model.compute_dtype) | all three
+
+    python experiments/bench_memory.py            # ~10 minutes on 2 CPU cores
+    python experiments/bench_memory.py --tiny     # smoke test
+
+Writes experiments/results/bench_memory.{json,md} (not with --tiny).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+from scoresde import configs, experiment, losses, models, train
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+VARIANTS = {
+    "plain": {},
+    "remat": {"remat": True},
+    "micro_batches=4": {"micro_batches": 4},
+    "bfloat16": {"compute_dtype": "bfloat16"},
+    "all three": {"remat": True, "micro_batches": 4, "compute_dtype": "bfloat16"},
+}
+
+
+def train_step(nf: int, image_size: int, batch: int, remat=False, compute_dtype="float32", micro_batches=1):
+    """The compiled-to-be train step of `vp/cifar10_ddpmpp_continuous` (nf overridden) and its inputs."""
+    config = configs.get_config("vp/cifar10_ddpmpp_continuous", lock=False)
+    config.model.nf, config.data.image_size = nf, image_size
+    config.model.remat, config.model.compute_dtype = remat, compute_dtype
+    sde, net = experiment.sde_from_config(config), experiment.model_from_config(config)
+    shape = (batch, image_size, image_size, 3)
+    optimizer = train.get_optimizer()
+    loss_fn = losses.get_loss_fn(sde, net, train=True, continuous=True)
+    step = train.make_train_step(loss_fn, optimizer, 0.9999, micro_batches)
+    state = jax.eval_shape(
+        lambda key: train.init_train_state(net, sde, key, shape[1:], optimizer), jax.random.PRNGKey(0)
+    )
+    return step, state, jax.ShapeDtypeStruct(shape, jnp.float32), net
+
+
+def memory(nf, image_size, batch, **options) -> dict:
+    step, state, x, net = train_step(nf, image_size, batch, **options)
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, x).compile()
+    analysis = compiled.memory_analysis()
+    return {
+        "params": models.count_params(state.params),
+        "temp_gb": analysis.temp_size_in_bytes / 2**30,
+        "argument_gb": analysis.argument_size_in_bytes / 2**30,
+        "compile_s": time.perf_counter() - start,
+    }
+
+
+def throughput(nf, image_size, batch, repeats, **options) -> float:
+    step, abstract, x, net = train_step(nf, image_size, batch, **options)
+    config_opt = train.get_optimizer()
+    state = train.init_train_state(net, experiment.sde_from_config(configs.get_config("vp/cifar10_ddpmpp_continuous")),
+                                   jax.random.PRNGKey(0), x.shape[1:], config_opt)
+    data = jax.random.uniform(jax.random.PRNGKey(1), x.shape) * 2 - 1
+    fn = jax.jit(step, donate_argnums=0)
+    state, _ = fn(state, data)
+    jax.block_until_ready(state)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = fn(state, data)
+        jax.block_until_ready(metrics)
+        best = min(best, time.perf_counter() - start)
+    return batch / best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="small networks; results not written")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    mem_setting = (16, 8, 8) if args.tiny else (128, 32, 128)  # nf, image size, batch
+    speed_setting = (16, 8, 8) if args.tiny else (32, 32, 16)
+    rows = []
+    for name, options in VARIANTS.items():
+        row = {"variant": name, **memory(*mem_setting, **options)}
+        row["images_per_s"] = throughput(*speed_setting, args.repeats, **options)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} " \
+              f"({jax.default_backend()})"
+    plain = rows[0]
+    lines = [
+        "# Memory options of the train step", "",
+        f"Machine: {machine}. Command: `python experiments/bench_memory.py{' --tiny' if args.tiny else ''}`.", "",
+        f"Memory: XLA's `memory_analysis()` of the compiled train step (loss, gradients, clipping, Adam, EMA) of "
+        f"DDPM++ (`vp/cifar10_ddpmpp_continuous`, nf = {mem_setting[0]}, {rows[0]['params']:,} parameters) at "
+        f"batch {mem_setting[2]}, {mem_setting[1]}x{mem_setting[1]}x3. Throughput: the same step with nf = "
+        f"{speed_setting[0]} at batch {speed_setting[2]}, best of {args.repeats}.", "",
+        "| variant | temporary memory (GiB) | vs plain | arguments (GiB) | images/s (small net) | vs plain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['temp_gb']:.2f} | {r['temp_gb'] / plain['temp_gb']:.2f}x | {r['argument_gb']:.2f} | "
+            f"{r['images_per_s']:.1f} | {r['images_per_s'] / plain['images_per_s']:.2f}x |"
+        )
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if not args.tiny:
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "bench_memory.json"), "w") as f:
+            json.dump({"machine": machine, "rows": rows}, f, indent=1)
+        with open(os.path.join(RESULTS, "bench_memory.md"), "w") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
