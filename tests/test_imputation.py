@@ -300,7 +300,7 @@ def test_tmpd_2d_exact_conditional(x64):
     check_gaussian(x[:, :1], *conditional(*target("rho"), KNOWN_2D, np.array([A])))
 
 
-N_6D = 4000
+N_6D = 2000
 MASKS_6D = (np.array([1, 3, 4]), np.array([0, 2, 5]))
 
 
@@ -355,7 +355,7 @@ def test_observation_score_fn_is_the_tmpd_score(x64):
 # ---------------------------------------------------------------------------------------
 # Colorization: a 2x2x3 "image" Gaussian, known gray component.
 
-N_IMAGE = 2000
+N_IMAGE = 1000
 
 
 def test_colorize_tmpd_matches_the_colour_conditional(x64):

