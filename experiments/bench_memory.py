@@ -38,6 +38,8 @@ def train_step(nf: int, image_size: int, batch: int, remat=False, compute_dtype=
     """The compiled-to-be train step of `vp/cifar10_ddpmpp_continuous` (nf overridden) and its inputs."""
     config = configs.get_config("vp/cifar10_ddpmpp_continuous", lock=False)
     config.model.nf, config.data.image_size = nf, image_size
+    if image_size < 32:  # --tiny: a small U-Net
+        config.model.ch_mult, config.model.num_res_blocks, config.model.attn_resolutions = (1, 2), 1, (4,)
     config.model.remat, config.model.compute_dtype = remat, compute_dtype
     sde, net = experiment.sde_from_config(config), experiment.model_from_config(config)
     shape = (batch, image_size, image_size, 3)
