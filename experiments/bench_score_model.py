@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -64,17 +63,6 @@ def run_mode(mode: str, tiny: bool, checkpoints: int, steps: int) -> dict:
     return {"mode": mode, "num_params": num_params, "calls": calls}
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a small network, results not written")
@@ -88,6 +76,8 @@ def main():
         print(json.dumps(run_mode(args.mode, args.tiny, args.checkpoints, args.steps)))
         return
     import jax
+
+    from bench_train import cpu_name
 
     runs = {}
     for mode in ("closure", "traced"):
