@@ -34,18 +34,24 @@ VARIANTS = {
 }
 
 
-def train_step(nf: int, image_size: int, batch: int, remat=False, compute_dtype="float32", micro_batches=1):
-    """The compiled-to-be train step of `vp/cifar10_ddpmpp_continuous` (nf overridden) and its inputs."""
+def reference_config(nf: int, image_size: int, remat=False, compute_dtype="float32"):
+    """`vp/cifar10_ddpmpp_continuous` with nf and the image size overridden (a small U-Net below 32x32)."""
     config = configs.get_config("vp/cifar10_ddpmpp_continuous", lock=False)
     config.model.nf, config.data.image_size = nf, image_size
     if image_size < 32:  # --tiny: a small U-Net
         config.model.ch_mult, config.model.num_res_blocks, config.model.attn_resolutions = (1, 2), 1, (4,)
     config.model.remat, config.model.compute_dtype = remat, compute_dtype
+    return config
+
+
+def train_step(nf: int, image_size: int, batch: int, remat=False, compute_dtype="float32", micro_batches=1):
+    """The train step of `reference_config(...)` (not yet jitted), its abstract state and batch, and the network."""
+    config = reference_config(nf, image_size, remat, compute_dtype)
     sde, net = experiment.sde_from_config(config), experiment.model_from_config(config)
     shape = (batch, image_size, image_size, 3)
     optimizer = train.get_optimizer()
-    loss_fn = losses.get_loss_fn(sde, net, train=True, continuous=True)
-    step = train.make_train_step(loss_fn, optimizer, 0.9999, micro_batches)
+    loss_fn = losses.get_loss_fn(sde, net, train=True, reduce_mean=config.training.reduce_mean, continuous=True)
+    step = train.make_train_step(loss_fn, optimizer, config.model.ema_rate, micro_batches)
     state = jax.eval_shape(
         lambda key: train.init_train_state(net, sde, key, shape[1:], optimizer), jax.random.PRNGKey(0)
     )
