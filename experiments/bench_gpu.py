@@ -40,6 +40,7 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +173,8 @@ def sampling_rows(setting, budget: Budget, repeats: int, rd_steps: int) -> list[
     config = bench_memory.reference_config(nf, size)
     sde, net = experiment.sde_from_config(config), experiment.model_from_config(config)
     shape = (batch, size, size, 3)
-    params = train.init_train_state(net, sde, jax.random.PRNGKey(0), shape[1:], train.get_optimizer()).params
+    params = jax.jit(lambda key: net.init({"params": key, "dropout": key}, jnp.zeros(shape), jnp.ones(batch))["params"])(
+        jax.random.PRNGKey(0))
     score = models.get_score_fn(sde, net, params)
     key = jax.random.PRNGKey(1)
     x = jax.random.uniform(key, shape) * 2 - 1
@@ -186,7 +188,7 @@ def sampling_rows(setting, budget: Budget, repeats: int, rd_steps: int) -> list[
     ]
     rows = []
     for what, evaluations, fn in cases:
-        if not budget.allows(30):
+        if not budget.allows(60):
             rows.append({"what": what, "skipped": "time budget"})
             continue
         first, best = timed(fn, repeats)
@@ -204,7 +206,7 @@ def device_name() -> str:
 
 def report(rows: list[dict], command: str, setting, rounds: int) -> str:
     nf, size, batch = setting
-    reference_ips = rows[0].get("images_per_s") if rows else None
+    reference_ips = rows[0].get("images_per_s") if rows and "reference" in rows[0]["what"] else None
     lines = [f"# GPU benchmark: {device_name()}", "",
              f"Command: `{command}`. Network: DDPM++ of `vp/cifar10_ddpmpp_continuous` (nf = {nf}, {size}x{size}x3), "
              f"batch {batch}. Train steps: interleaved rounds ({rounds}), best round; memory: XLA's "
@@ -233,31 +235,38 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="timed calls of each sampler after the first")
     parser.add_argument("--rd-steps", type=int, default=200, help="reverse-diffusion steps per timed call")
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip parts that would start after this")
+    parser.add_argument("--parts", default="train,sampling",
+                        help="comma-separated: train, sampling (a subset writes bench_gpu_<part>.{json,md})")
     args = parser.parse_args()
     for name in ("rounds", "steps_per_round", "repeats", "rd_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not args.budget_s > 0:
         parser.error("--budget-s must be > 0")
+    parts = args.parts.split(",")
+    if not parts or set(parts) - {"train", "sampling"}:
+        parser.error(f"--parts: choose from train, sampling; got {args.parts!r}")
+    name = "bench_gpu" if set(parts) == {"train", "sampling"} else "bench_gpu_" + "_".join(parts)
     budget = Budget(args.budget_s)
     setting = (16, 8, 4) if args.tiny else (128, 32, 128)  # nf, image size, batch
     out = args.out or (None if args.tiny else RESULTS)
-    command = "python experiments/bench_gpu.py" + (" --tiny" if args.tiny else "")
+    command = "python experiments/bench_gpu.py" + (" --tiny" if args.tiny else "") + \
+        (f" --parts {args.parts}" if name != "bench_gpu" else "")
     print(f"device: {device_name()}", flush=True)
 
     def write(rows):
         text = report(rows, command, setting, args.rounds)
         if out:
             os.makedirs(out, exist_ok=True)
-            with open(os.path.join(out, "bench_gpu.json"), "w") as f:
+            with open(os.path.join(out, name + ".json"), "w") as f:
                 json.dump({"device": device_name(), "command": command, "rows": rows}, f, indent=1)
-            with open(os.path.join(out, "bench_gpu.md"), "w") as f:
+            with open(os.path.join(out, name + ".md"), "w") as f:
                 f.write(text)
         return text
 
-    rows = train_rows(setting, budget, args.rounds, args.steps_per_round, write)
-    write(rows)
-    rows += sampling_rows(setting, budget, args.repeats, args.rd_steps)
+    rows = train_rows(setting, budget, args.rounds, args.steps_per_round, write) if "train" in parts else []
+    if "sampling" in parts:
+        rows += sampling_rows(setting, budget, args.repeats, args.rd_steps)
     print(write(rows))
 
 
