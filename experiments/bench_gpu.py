@@ -250,8 +250,7 @@ def main():
     budget = Budget(args.budget_s)
     setting = (16, 8, 4) if args.tiny else (128, 32, 128)  # nf, image size, batch
     out = args.out or (None if args.tiny else RESULTS)
-    command = "python experiments/bench_gpu.py" + (" --tiny" if args.tiny else "") + \
-        (f" --parts {args.parts}" if name != "bench_gpu" else "")
+    command = " ".join(["python experiments/bench_gpu.py", *sys.argv[1:]])
     print(f"device: {device_name()}", flush=True)
 
     def write(rows):
