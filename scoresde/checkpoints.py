@@ -9,7 +9,8 @@ A work directory holds two orbax `CheckpointManager`s, as the reference does:
 
 Each checkpoint has two items: "state", the whole `TrainState` pytree (step, params,
 EMA params, optimizer state, PRNG key), and "data", the data iterator's position as
-JSON. `restore_latest` resumes from the newest checkpoint of either kind.
+JSON. `restore_newest` resumes from the newest checkpoint of either kind that restores:
+one whose files were truncated or garbled is passed over (and reported), never deleted.
 
 Atomicity: orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp-*` and renames
 it to `<step>` only once everything is on disk, so a process killed during a save
@@ -23,6 +24,7 @@ them); the directory must be shared between processes.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -30,6 +32,31 @@ import orbax.checkpoint as ocp
 
 PERIODIC_DIR = "checkpoints"
 META_DIR = "checkpoints-meta"
+
+
+class UnreadableCheckpoints(RuntimeError):
+    """Every checkpoint of a workdir failed to restore."""
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines() or [""])[0][:200]
+
+
+def _quiet_abandoned_reads():
+    """After a failed restore, tensorstore's other reads of that checkpoint finish on an
+    event loop orbax has closed, and each reports "Event loop is closed" as an unraisable
+    exception. Those reports, and only those, are dropped (installed before the first try)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "scoresde_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.scoresde_quiet = True
+    sys.unraisablehook = hook
 
 
 def abstract_like(tree):
@@ -118,11 +145,37 @@ class CheckpointManager:
         )
         return restored["state"], dict(restored["data"] or {})
 
-    def restore_latest(self, target) -> tuple[Any, dict] | None:
-        """`restore` from the newest checkpoint, or None when the directory has none."""
-        if self.latest() is None:
-            return None
-        return self.restore(target)
+    def candidates(self) -> list[tuple[int, str]]:
+        """Every finalized (step, kind), newest first (periodic first at a tie)."""
+        found = [(s, k) for k in ("periodic", "meta") for s in self._get(k).all_steps()]
+        return sorted(found, key=lambda sk: (sk[0], sk[1] == "periodic"), reverse=True)
+
+    def restore_newest(self, target, on_unreadable=None) -> tuple[Any, dict, int, str] | None:
+        """(state, data_state, step, kind) from the newest checkpoint that restores, or None
+        when there is none. A checkpoint that fails to restore (truncated or garbled files) is
+        passed over, with `on_unreadable(step, kind, error)`; nothing is deleted. Raises
+        `UnreadableCheckpoints` if none restores."""
+        errors = []
+        _quiet_abandoned_reads()
+        for step, kind in self.candidates():
+            try:
+                state, data_state = self.restore(target, step=step, kind=kind)
+                return state, data_state, step, kind
+            except Exception as err:  # orbax, tensorstore and json raise many kinds
+                errors.append(f"step {step} ({kind}): {type(err).__name__}: {_first_line(err)}")
+                if on_unreadable is not None:
+                    on_unreadable(step, kind, err)
+        if errors:
+            raise UnreadableCheckpoints(f"No checkpoint in {self.workdir} restores; {'; '.join(errors)}")
+        return None
+
+    def step_path(self, step: int, kind: str) -> str:
+        return os.path.join(self.workdir, PERIODIC_DIR if kind == "periodic" else META_DIR, str(step))
+
+    def reload(self):
+        """Read the directories again (after checkpoints were moved away)."""
+        self.periodic.reload()
+        self.meta.reload()
 
     def wait_until_finished(self):
         self.periodic.wait_until_finished()

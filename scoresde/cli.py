@@ -20,6 +20,7 @@ not prepared, a bad override, an unknown sampler) ends with a one-line cause and
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -51,6 +52,32 @@ def _positive_int(what: str = ""):
     return parse
 
 
+def _real(minimum: float = 0.0, strict: bool = False):
+    """An argparse type: a finite number >= minimum (> minimum if strict)."""
+    bound = f"{'>' if strict else '>='} {minimum:g}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**32), got {text!r}")
+    return value
+
+
 def _comma_separated(kind, what: str):
     """An argparse type: a comma-separated list of `kind` values (positive ones for int)."""
 
@@ -59,6 +86,8 @@ def _comma_separated(kind, what: str):
             values = [kind(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError:
             values = None
+        if kind is float and values and not all(math.isfinite(v) and v >= 0 for v in values):
+            values = None
         if not values or (kind is int and min(values) < 1):
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, e.g. {_EXAMPLES[what]}; got {text!r}")
         return values
@@ -66,7 +95,7 @@ def _comma_separated(kind, what: str):
     return parse
 
 
-_EXAMPLES = {"positive integers": "10,20,50", "numbers": "0.1,0.16", "sampler names": "ddim,dpm_solver++"}
+_EXAMPLES = {"positive integers": "10,20,50", "numbers >= 0": "0.1,0.16", "sampler names": "ddim,dpm_solver++"}
 # likelihood / fid-stats splits (data.get_dataset: CelebA and LSUN read "validation" for "test").
 SPLITS = ("train", "test", "eval", "validation")
 # scoresde.likelihood.DIVERGENCES (not imported here: the parser stays quick; a test compares them).
@@ -78,26 +107,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train (or resume) a score model")
-    p.add_argument("--config", help="config name or path (omit to resume a workdir)")
+    p.add_argument("--config", help="config name (scoresde configs), or a .py file defining get_config(), which is "
+                   "executed as Python: only trusted files (omit to resume a workdir)")
     p.add_argument("--workdir", required=True)
 
     def sampling_args(p):
         p.add_argument("--sampler", default=None, help="sampler name (default: the config's sampling.method)")
         p.add_argument("--steps", type=_positive_int(" (the sampler's num_steps)"), default=None,
                        help="num_steps of the sampler")
-        p.add_argument("--snr", type=float, default=None, help="Langevin signal-to-noise ratio (pc)")
+        p.add_argument("--snr", type=_real(), default=None, help="Langevin signal-to-noise ratio (pc)")
         p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other sampler options")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0)
 
     def conditioning_args(p):
         p.add_argument("--label", default=None,
                        help="class label(s), comma-separated, cycled over the samples (default: every class in turn)")
         p.add_argument("--text", default=None, help="a word to spell, for spelling-conditioned models (e.g. seven)")
-        p.add_argument("--guidance", type=float, default=0.0,
+        p.add_argument("--guidance", type=_real(), default=0.0,
                        help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t)")
         p.add_argument("--classifier", default=None,
                        help="workdir of a noise-conditional classifier: guide an unconditional model with it")
-        p.add_argument("--classifier-scale", type=float, default=1.0,
+        p.add_argument("--classifier-scale", type=_real(), default=1.0,
                        help="classifier guidance scale gamma: s + gamma grad log p_t(y | x) (1 samples p(x | y))")
 
     p = sub.add_parser("sample", help="sample a trained model: .npz and a PNG grid")
@@ -120,9 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int(), default=None, help="use only the first N examples")
     p.add_argument("--divergence", default="rademacher", choices=DIVERGENCES,
                    help="Hutchinson probes (rademacher, gaussian) or the exact trace")
-    p.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerances (the reference's 1e-5)")
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rtol", type=_real(strict=True), default=1e-5, help="ODE tolerances (the reference's 1e-5)")
+    p.add_argument("--atol", type=_real(strict=True), default=1e-5)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", default=None, help="report .json (default: <workdir>/eval/bpd_<split>_step<step>.json)")
 
     p = sub.add_parser("ablate", help="samplers x NFE (x snr) grid: CSV, markdown table, PNG plot")
     src = p.add_mutually_exclusive_group(required=True)
@@ -132,13 +163,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated sampler names (default: euler_maruyama,ddim,edm_heun,dpm_solver++,dpm_solver)")
     p.add_argument("--nfes", type=_comma_separated(int, "positive integers"), default=None,
                    help="comma-separated NFE budgets (default: 10,20,50,100)")
-    p.add_argument("--snrs", type=_comma_separated(float, "numbers"), default=None,
+    p.add_argument("--snrs", type=_comma_separated(float, "numbers >= 0"), default=None,
                    help="comma-separated snr values, swept for pc samplers")
     p.add_argument("--num", type=_positive_int(), default=None, help="samples per run (default: 4096 with --target, else 512)")
     p.add_argument("--sde", default="vpsde", help="with --target: vpsde, subvpsde, vesde, cosinevpsde")
     p.add_argument("--out", default=None, help="output prefix (default: <workdir>/ablation or ./ablation_<target>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=_comma_separated(float, "numbers"), default=None,
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--guidance", type=_comma_separated(float, "numbers >= 0"), default=None,
                    help="comma-separated classifier-free guidance weights w to sweep (conditional models)")
 
     p = sub.add_parser("evaluate", help="FID/KID/IS (or FD-digits) of N samples; resumes")
@@ -147,10 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=_positive_int(), default=None, help="samples per chunk (default: eval.batch_size)")
     p.add_argument("--stats", default=None, help="dataset statistics .npz from fid-stats")
     p.add_argument("--weights", default=None, help="FID Inception weights .npz")
+    p.add_argument("--out", default=None, help="folder for the sample chunks and report.json (default: <workdir>/eval)")
     sampling_args(p)
 
     p = sub.add_parser("fid-stats", help="precompute a data set's feature statistics")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="config name, or a trusted .py file (executed)")
     p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--out", required=True)
     p.add_argument("--weights", default=None, help="FID Inception weights .npz")
@@ -269,11 +301,13 @@ def cmd_train(args, overrides):
 
 def cmd_sample(args, overrides):
     from scoresde import experiment
+    from scoresde.workdir import check_writable
 
     if args.image and not (args.inpaint or args.colorize):
         raise experiment.UserError("--image is the input of --inpaint or --colorize; add one of them.")
     if (args.inpaint or args.colorize) and args.image is None:
         raise experiment.UserError("--inpaint and --colorize need --image <png>.")
+    check_writable(os.path.dirname(os.path.abspath(args.out)) if args.out else os.path.join(args.workdir, "samples"))
     result = experiment.sample_workdir(
         args.workdir, args.num, sampler=args.sampler, options=_sampler_options(args), seed=args.seed,
         labels=_labels(args.label), text=args.text, guidance=args.guidance, classifier=args.classifier,
@@ -289,15 +323,12 @@ def cmd_sample(args, overrides):
 
 
 def cmd_likelihood(args, overrides):
-    from scoresde import experiment, reporting
+    from scoresde import experiment
 
-    report = experiment.likelihood_report(
+    report, path = experiment.likelihood_report(
         args.workdir, args.split, passes=args.passes, batch=args.batch, limit=args.limit,
-        divergence=args.divergence, rtol=args.rtol, atol=args.atol, seed=args.seed,
+        divergence=args.divergence, rtol=args.rtol, atol=args.atol, seed=args.seed, out=args.out,
     )
-    os.makedirs(os.path.join(args.workdir, "eval"), exist_ok=True)
-    path = reporting.write_json(
-        os.path.join(args.workdir, "eval", f"bpd_{report['split']}_step{report['step']}.json"), report)
     spread = report["bpd_stderr"]
     spread = f" ± {spread:.4f}" if math.isfinite(spread) else " (one example: no standard error)"
     print(f"{report['split']} bits/dim: {report['bpd']:.4f}{spread} "
@@ -306,18 +337,19 @@ def cmd_likelihood(args, overrides):
 
 def cmd_ablate(args, overrides):
     from scoresde import ablation
+    from scoresde.workdir import check_writable
 
     grid = (args.samplers or ablation.DEFAULT_SAMPLERS, args.nfes or ablation.DEFAULT_NFES)
+    if args.target and args.guidance is not None:
+        raise SystemExit("scoresde: error: --guidance needs a conditional model (--workdir).")
+    prefix = args.out or (f"ablation_{args.target}" if args.target else os.path.join(args.workdir, "ablation"))
+    check_writable(os.path.dirname(os.path.abspath(prefix)))
     if args.target:
-        if args.guidance is not None:
-            raise SystemExit("scoresde: error: --guidance needs a conditional model (--workdir).")
         result = ablation.ablate_target(args.target, *grid, snrs=args.snrs, sde=args.sde, num=args.num,
                                         seed=args.seed)
-        prefix = args.out or f"ablation_{args.target}"
     else:
         result = ablation.ablate_workdir(args.workdir, *grid, snrs=args.snrs, num=args.num, seed=args.seed,
                                          guidance=args.guidance)
-        prefix = args.out or os.path.join(args.workdir, "ablation")
     files = ablation.write_results(result.rows, prefix, result.metric, result.title, result.notes)
     print(open(prefix + ".md").read())
     print("wrote " + ", ".join(files))
@@ -328,7 +360,7 @@ def cmd_evaluate(args, overrides):
 
     result, path = evaluate_workdir(
         args.workdir, args.num, chunk=args.chunk, sampler=args.sampler, options=_sampler_options(args),
-        seed=args.seed, stats=args.stats, weights=args.weights,
+        seed=args.seed, stats=args.stats, weights=args.weights, out=args.out,
     )
     print(json.dumps(result, indent=2))
     print("wrote", path)
@@ -361,6 +393,10 @@ COMMANDS = {
 }
 
 
+# The machine's state, not a bug: a full disk, a read-only or forbidden path.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def main(argv=None):
     import logging
 
@@ -377,6 +413,12 @@ def main(argv=None):
         # User mistakes (bad configs and overrides too: their ValueErrors are converted where
         # they are made); any other exception is a bug and keeps its traceback.
         raise SystemExit(f"scoresde: error: {err}") from None
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        raise SystemExit(f"scoresde: error: {err.strerror}{where}; files written before it are whole "
+                         "(every write is atomic).") from None
     except KeyboardInterrupt:
         raise SystemExit("scoresde: interrupted") from None
 

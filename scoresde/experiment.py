@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -27,11 +28,10 @@ import ml_collections
 import numpy as np
 
 from scoresde import data, models, sde_lib
+from scoresde import workdir as workdir_lib
+from scoresde.errors import UserError
 from scoresde.models.registry import model_kwargs
-
-
-class UserError(Exception):
-    """A mistake the user can fix: the CLI prints its one-line message, no traceback."""
+from scoresde.workdir import config_path, load_config, save_config
 
 
 # ----------------------------------------------------------------------------- config -> objects
@@ -80,6 +80,7 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, *, un
             centered=d.get("centered", False) and not unit_range,
             random_flip=d.get("random_flip") if split == "train" and not unit_range else False,
             uniform_dequantization=d.get("uniform_dequantization", False) and not unit_range,
+            num_channels=d.get("num_channels") if is_image_data(config) else None,  # image folders convert
             seed=config.seed,
             **kwargs,
         )
@@ -174,13 +175,19 @@ def resolve_sampler(config, sampler: str | None = None, options: dict | None = N
 
 
 def run_sampler(key, sde, score, shape, sampler: str, options: dict):
-    """`registry.sample`; its ValueErrors (settings the sampler cannot run) are UserErrors."""
+    """`registry.sample`; its ValueErrors (settings the sampler cannot run) and non-finite
+    samples are UserErrors, so that nothing non-finite is ever written."""
     from scoresde.samplers import registry
 
     try:
-        return registry.sample(key, sde, score, shape, sampler, **options)
+        x, nfe = registry.sample(key, sde, score, shape, sampler, **options)
     except ValueError as err:
         raise UserError(str(err)) from err
+    bad = int(jnp.sum(~jnp.isfinite(x)))
+    if bad:
+        raise UserError(f"{sampler} {options} produced {bad} non-finite values in {x.size}: the model or the "
+                        "sampler's settings broke down; nothing was written.")
+    return x, nfe
 
 
 def class_labels(num_classes: int, num: int, labels=None) -> np.ndarray:
@@ -323,32 +330,14 @@ def check_train_kwargs(config, sde, model, kwargs: dict):
 # ----------------------------------------------------------------------------- workdirs
 
 
-def config_path(workdir: str) -> str:
-    return os.path.join(workdir, "config.json")
-
-
-def save_config(workdir: str, config):
-    os.makedirs(workdir, exist_ok=True)
-    tmp = config_path(workdir) + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json(indent=2))
-    os.replace(tmp, config_path(workdir))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    if not os.path.isdir(workdir):
-        raise UserError(f"No workdir {workdir!r}. Train first: scoresde train --config <name> --workdir {workdir}")
-    if not os.path.exists(config_path(workdir)):
-        raise UserError(f"{workdir!r} has no config.json: it is not a scoresde workdir (train into it first).")
-    with open(config_path(workdir)) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config.lock()
-    return config
-
-
 def load_ema_params(workdir: str, config, step: int | None = None):
-    """The EMA parameters of the latest (or given) checkpoint in `workdir`, and its step."""
+    """The EMA parameters of the newest checkpoint that restores (or of the given step) in
+    `workdir`, and its step. Unreadable newer checkpoints are passed over with one line each."""
     from scoresde import checkpoints
+
+    def note(bad_step, kind, err):
+        print(f"Checkpoint {bad_step} ({kind}) in {workdir} does not restore ({type(err).__name__}); "
+              "using an older one.", file=sys.stderr, flush=True)
 
     with checkpoints.CheckpointManager(workdir, async_save=False, read_only=True) as manager:
         if manager.latest() is None:
@@ -357,7 +346,16 @@ def load_ema_params(workdir: str, config, step: int | None = None):
                 "(it resumes from config.json)."
             )
         # Shapes only: building the real initial state would compile the network's init.
-        state, _ = manager.restore(abstract_train_state(config), step=step)
+        target = abstract_train_state(config)
+        try:
+            if step is None:
+                state = manager.restore_newest(target, on_unreadable=note)[0]
+            else:
+                state, _ = manager.restore(target, step=step)
+        except checkpoints.UnreadableCheckpoints as err:
+            raise UserError(str(err)) from None
+        except Exception as err:
+            raise UserError(f"Checkpoint {step} in {workdir} does not restore: {type(err).__name__}") from None
     return state.ema_params, int(state.step)
 
 
@@ -428,12 +426,21 @@ def get_config(config, overrides=()) -> ml_collections.ConfigDict:
         raise UserError(str(err)) from None
 
 
+# What a resumed run may not change: the checkpoints hold a network of that architecture,
+# trained on that data, for that SDE and objective. (Memory options change no parameter.)
+FIXED_ON_RESUME = ("model.", "data.", "training.sde", "training.continuous", "training.objective",
+                   "training.condition")
+FREE_ON_RESUME = ("model.remat", "model.compute_dtype", "model.ema_rate")
+
+
 def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collections.ConfigDict, bool]:
     """The config to train `workdir` with, and whether it resumes a run there.
 
     A workdir with a config.json resumes with it (`config`, if given, must have the same
     model and data settings); otherwise `config` (a name, a path or a ConfigDict) starts a
     run. `overrides` apply either way (e.g. a larger training.n_iters to train further).
+    On resume, a change the existing checkpoints cannot follow is a UserError naming the
+    field (`FIXED_ON_RESUME`, or anything that changes the train state's structure).
     """
     resumed = os.path.exists(config_path(workdir))
     if resumed:
@@ -448,12 +455,43 @@ def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collection
                         f"{name!r}). Use a new --workdir, or omit --config to resume it."
                     )
         saved.unlock()
-        config = saved
-    elif config is None:
+        config = get_config(saved, overrides)
+        check_resume(workdir, load_config(workdir), config)
+        return config, True
+    if config is None:
         raise UserError(
             f"No config: pass --config <name> to start a run in {workdir!r} (scoresde configs lists names)."
         )
-    return get_config(config, overrides), resumed
+    return get_config(config, overrides), False
+
+
+def check_resume(workdir: str, saved, config):
+    """UserError unless the checkpoints of `saved` can go on training under `config`."""
+    changed = workdir_lib.changes(saved, config)
+    fixed = [k for k in changed if k.startswith(FIXED_ON_RESUME) and k not in FREE_ON_RESUME]
+    if fixed:
+        old, new = changed[fixed[0]]
+        raise UserError(f"Cannot change {fixed[0]} ({old!r} -> {new!r}) when resuming {workdir!r}: its checkpoints "
+                        "were made with the old value. Train into a new --workdir instead.")
+    if changed:
+        def state(c):
+            return jax.tree.map(lambda s: (s.shape, s.dtype), abstract_train_state(c))
+
+        before = state(saved)
+        if state(config) != before:
+            culprits = [k for k in changed if state(_with(saved, k, changed[k][1])) != before] or list(changed)
+            raise UserError(f"Changing {', '.join(culprits)} when resuming {workdir!r} changes the train state "
+                            "its checkpoints hold (the optimizer's state, say). Train into a new --workdir instead.")
+
+
+def _with(config, key: str, value):
+    """A copy of `config` with one flat key set (for finding which change matters)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    try:
+        copy.update_from_flattened_dict({key: value})
+    except (KeyError, TypeError, ValueError):
+        pass
+    return copy
 
 
 def eval_images(config, split: str, batch_size: int | None = None):
@@ -489,7 +527,12 @@ def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = Tru
                                     parameterization=config.model.get("parameterization"))
         if table is not None:  # a column per class
             score = guidance.condition(score, table[np.arange(num) % len(table)])
-        x, nfe = run_sampler(jax.random.PRNGKey(step), sde, score, shape, name, options)
+        try:
+            x, nfe = run_sampler(jax.random.PRNGKey(step), sde, score, shape, name, options)
+        except UserError as err:  # an early, unstable model: no grid, but training goes on
+            if verbose and jax.process_index() == 0:
+                print(f"samples at step {step}: none written: {err}", flush=True)
+            return
         if jax.process_index() != 0:
             return
         x = np.asarray(to_unit_range(x, config))
@@ -515,42 +558,70 @@ def train_workdir(workdir: str, config=None, overrides=(), verbose: bool = True)
     request (SIGINT / SIGTERM, with a checkpoint) before its last step. A non-finite loss is
     a UserError (the checkpoints before it stay).
     """
-    from scoresde import reporting, train
+    from scoresde import checkpoints, reporting, train
 
     config, resumed = train_config(workdir, config, overrides)
     sde, model = sde_from_config(config), model_from_config(config)
     kwargs = train_kwargs(config)  # checks the conditioning settings and the schedule
     check_train_kwargs(config, sde, model, kwargs)  # what train.train would reject
     train_iter = dataset_from_config(config, "train")
-    # Only a config known to be valid is written (a mistake leaves no config.json behind).
-    save_config(workdir, config)
-    tb = reporting.TensorBoardWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None
-    if verbose:
-        print(("Resuming" if resumed else "Starting") + f" {workdir} ({config.get('name', 'config')})", flush=True)
-    try:
-        state = train.train(
-            model, sde, train_iter, workdir, example_shape=data_shape(config),
-            on_log=None if tb is None else tb.scalars, on_snapshot=snapshot_hook(config, sde, model, workdir, tb, verbose),
-            progress=verbose, **kwargs,
-        )
-    except train.NonFiniteLossError as err:
-        raise UserError(str(err)) from err
-    finally:
-        if tb is not None:
-            tb.close()
+    found = tuple(getattr(train_iter, "element_shape", None) or data_shape(config))
+    if found != tuple(data_shape(config)):
+        raise UserError(f"The data {config.data.dataset!r} has examples of shape {found}, the model expects "
+                        f"{data_shape(config)} (data.image_size, data.num_channels); nothing was written.")
+    is_main = jax.process_index() == 0
+    with workdir_lib.Lock(workdir, "train", enabled=is_main):
+        # Only a config known to be valid is written (a mistake leaves no config.json behind).
+        previous = load_config(workdir) if resumed else None
+        changed = workdir_lib.changes(previous, config) if resumed else {}
+        if is_main:
+            save_config(workdir, config)
+            workdir_lib.record(workdir, "resume" if resumed else "start", changes=changed,
+                               **({} if resumed else {"config": config.get("name", "")}))
+        tb = reporting.TensorBoardWriter(os.path.join(workdir, "tensorboard")) if is_main else None
+        if verbose:
+            print(("Resuming" if resumed else "Starting") + f" {workdir} ({config.get('name', 'config')})"
+                  + "".join(f"; {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
+        try:
+            state = train.train(
+                model, sde, train_iter, workdir, example_shape=data_shape(config),
+                on_start=None if tb is None else tb.start, on_log=None if tb is None else tb.scalars,
+                on_snapshot=snapshot_hook(config, sde, model, workdir, tb, verbose),
+                progress=verbose, **kwargs,
+            )
+        except checkpoints.UnreadableCheckpoints as err:
+            raise UserError(str(err)) from None
+        except train.NonFiniteLossError as err:
+            if changed and is_main:  # the changes made it diverge: config.json goes back to what it was
+                save_config(workdir, previous)
+                workdir_lib.record(workdir, "revert", changes={k: [b, a] for k, (a, b) in changed.items()},
+                                   reason="non-finite loss")
+                raise UserError(f"{err} config.json is back to its settings before this resume "
+                                f"({', '.join(changed)} reverted).") from err
+            raise UserError(str(err)) from err
+        finally:
+            if tb is not None:
+                tb.close()
     return state, int(state.step) < kwargs["schedule"].last_step
 
 
 def load_image(source, shape: tuple[int, int, int], num: int) -> np.ndarray:
     """An image repeated `num` times, `(num, H, W, C)` in [0, 1] for the data shape (H, W, C):
-    an image file (PNG, ...) resized to it, or an array `(H, W, C)` / `(num, H, W, C)` in [0, 1]."""
+    an image file (PNG, ...) resized to it (saying so on stderr), or an array `(H, W, C)` / `(num, H, W, C)` in [0, 1]."""
     if isinstance(source, (str, os.PathLike)):
         from PIL import Image
 
         if not os.path.isfile(source):
             raise UserError(f"No image file {str(source)!r}.")
         h, w, c = shape
-        img = Image.open(source).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        try:
+            img = Image.open(source)
+            img.load()
+        except OSError as err:  # PIL's UnidentifiedImageError too
+            raise UserError(f"{str(source)!r} is not an image that can be read ({type(err).__name__}).") from None
+        if img.size != (w, h):
+            print(f"{source}: {img.size[0]}x{img.size[1]} resized to the model's {w}x{h}.", file=sys.stderr, flush=True)
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
         source = np.asarray(img, np.float32).reshape(shape) / 255.0
     try:
         return np.array(np.broadcast_to(np.asarray(source, np.float32), (num,) + tuple(shape)))
@@ -612,6 +683,24 @@ class Samples:
     accuracy: float | None = None  # digits: the bundled classifier's accuracy on the labels
 
 
+# Copies of the samples a sampler holds at once (state, score, noise, temporaries): a bound
+# for refusing a --num that cannot fit, not a promise that a smaller one does.
+SAMPLER_COPIES = 16
+
+
+def check_sample_memory(config, num: int):
+    """UserError if `num` samples of the config's shape cannot fit in the device's memory
+    (the host's on CPU) at `SAMPLER_COPIES` copies, with the largest number that can."""
+    per_sample = math.prod(data_shape(config)) * 4 * SAMPLER_COPIES
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = min(limit, stats.get("bytes_limit", limit))
+    if num * per_sample > limit:
+        raise UserError(f"{num} samples need about {num * per_sample / 2**30:.0f} GiB, more than this machine's "
+                        f"{limit / 2**30:.0f} GiB: at most {limit // per_sample} fit in one call. Sample in several "
+                        "calls with different seeds, or use evaluate, which samples in chunks.")
+
+
 def sample_workdir(
     workdir: str,
     num: int = 64,
@@ -638,6 +727,7 @@ def sample_workdir(
     inpaint or colorize that image instead (`impute`, method `impute_method`). The files:
     `save_samples`.
     """
+    check_sample_memory(load_config(workdir), num)
     config, sde, score, step = load_score_fn(workdir, step)
     name, options = resolve_sampler(config, sampler, options)
     key = jax.random.PRNGKey(seed)
@@ -691,17 +781,22 @@ def likelihood_report(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     seed: int = 0,
-) -> dict:
+    out: str | None = None,
+) -> tuple[dict, str]:
     """Bits/dim of a split (default eval.bpd_dataset) under a trained workdir's EMA model
     (`likelihood.evaluate_bpd`, `passes` dequantization passes, batches of `batch`, default
-    eval.batch_size; only the first `limit` examples with a limit). Returns its report with
-    the split, step, divergence, tolerances and workdir."""
-    from scoresde import likelihood
+    eval.batch_size; only the first `limit` examples with a limit), written as JSON to `out`
+    (default `<workdir>/eval/bpd_<split>_step<step>.json`; its folder is checked writable
+    first). Returns the report, with the split, step, divergence, tolerances and workdir, and
+    the path written."""
+    from scoresde import likelihood, reporting
 
     config, sde, score, step = load_score_fn(workdir)
     if not is_image_data(config):
         raise UserError("likelihood reports bits/dim of discrete image data; this config has 2-D points.")
     split = split or config.eval.bpd_dataset
+    out = out or os.path.join(workdir, "eval", f"bpd_{split}_step{step}.json")
+    workdir_lib.check_writable(os.path.dirname(os.path.abspath(out)))
     batch = batch or config.eval.batch_size
     images = np.concatenate(list(eval_images(config, split, batch)))[:limit]
     batch = min(batch, len(images))
@@ -711,4 +806,7 @@ def likelihood_report(
         centered=config.data.centered, num_passes=passes, divergence=divergence, rtol=rtol, atol=atol,
     )
     report.update(split=split, step=step, divergence=divergence, rtol=rtol, atol=atol, workdir=workdir)
-    return report
+    if not all(math.isfinite(v) for v in [report["bpd"], *report["bpd_per_pass"]]):
+        raise UserError(f"Non-finite bits/dim {report['bpd']} (per pass {report['bpd_per_pass']}): the model "
+                        "or the ODE solve broke down; nothing was written.")
+    return report, reporting.write_json(out, report)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from scoresde import parallel, sde_lib
 from scoresde.samplers import ode
 from scoresde.samplers.ode import probability_flow_drift
+from scoresde.samplers.registry import check_numbers
 from scoresde.score import as_score_model
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
@@ -102,6 +103,7 @@ def log_likelihood(
     if not (isinstance(num_probes, int) and num_probes >= 1):
         raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}.")
     ode.check_method(method, num_steps)
+    check_numbers("log_likelihood's", rtol=rtol, atol=atol, max_steps=max_steps, eps=eps)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}.")
     parallel.check_divisible(x.shape[0])

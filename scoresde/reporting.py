@@ -94,22 +94,37 @@ def write_json(path: str, obj) -> str:
 
 
 class TensorBoardWriter:
-    """Scalars and images as TensorBoard event files (via tensorboardX; TensorFlow is not needed)."""
+    """Scalars and images as TensorBoard event files (via tensorboardX; TensorFlow is not needed).
+
+    The event file is opened at the first write. Call `start(step)` first when a run resumes
+    from a checkpoint at `step`: TensorBoard then hides the events an interrupted run wrote
+    after that step (tensorboardX's `purge_step`), as `metrics.jsonl` drops its rows.
+    """
 
     def __init__(self, logdir: str):
-        from tensorboardX import SummaryWriter
+        self.logdir, self._purge_step, self._writer = logdir, None, None
 
-        self._writer = SummaryWriter(logdir)
+    def start(self, step: int):
+        self._purge_step = step + 1 if step > 0 else None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(self.logdir, purge_step=self._purge_step)
+        return self._writer
 
     def scalars(self, step: int, values: dict):
         for tag, value in values.items():
             if isinstance(value, (int, float, np.floating, np.integer)):
-                self._writer.add_scalar(tag, float(value), step)
-        self._writer.flush()
+                self.writer.add_scalar(tag, float(value), step)
+        self.writer.flush()
 
     def image(self, step: int, tag: str, grid: np.ndarray):
-        self._writer.add_image(tag, grid if grid.ndim == 3 else grid[..., None], step, dataformats="HWC")
-        self._writer.flush()
+        self.writer.add_image(tag, grid if grid.ndim == 3 else grid[..., None], step, dataformats="HWC")
+        self.writer.flush()
 
     def close(self):
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

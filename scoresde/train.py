@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -363,12 +364,38 @@ class CheckpointPolicy:
         return "meta" if step % s.snapshot_freq_for_preemption == 0 else None
 
     def restore(self, state: TrainState, data) -> TrainState:
-        """The newest checkpoint (onto `state`'s structure), or `state` if there is none;
-        the data iterator goes back to its saved position."""
-        restored = self.manager.restore_latest(state)
+        """The newest checkpoint that restores (onto `state`'s structure), or `state` if there
+        is none; the data iterator goes back to its saved position.
+
+        Newer checkpoints that fail to restore are moved (not deleted) to
+        `checkpoints-unreadable/`, with one line each, so that training can save those steps
+        again; if none restores, `checkpoints.UnreadableCheckpoints` is raised.
+        """
+        unreadable = []
+
+        def note(step, kind, err):
+            unreadable.append((step, kind))
+            if jax.process_index() == 0:
+                print(f"Checkpoint {step} ({kind}) in {self.workdir} does not restore ({type(err).__name__}); "
+                      "trying the one before.", file=sys.stderr, flush=True)
+
+        restored = self.manager.restore_newest(state, on_unreadable=note)
+        if unreadable and jax.process_index() == 0:
+            aside = os.path.join(self.workdir, "checkpoints-unreadable")
+            os.makedirs(aside, exist_ok=True)
+            for step, kind in unreadable:
+                target = os.path.join(aside, f"{kind}-{step}")
+                while os.path.exists(target):
+                    target += "-again"
+                os.replace(self.manager.step_path(step, kind), target)
+                print(f"Moved it to {target}.", file=sys.stderr, flush=True)
+        if unreadable:
+            self.manager.reload()
         if restored is None:
             return state
-        state, data_state = restored
+        state, data_state, step, kind = restored
+        if unreadable and jax.process_index() == 0:
+            print(f"Resuming from checkpoint {step} ({kind}).", file=sys.stderr, flush=True)
         if data_state and hasattr(data, "set_state"):
             data.set_state(data_state)
         return state
@@ -472,12 +499,38 @@ class _StopFlag:
         return signal.Signals(self.signum).name if self.signum else "a signal on another process"
 
 
+def truncate_metrics(path: str, step: int) -> int:
+    """Drop the rows of a metrics.jsonl past `step` (written after the checkpoint a run
+    resumes from, by a process that was killed) and any torn line; the number dropped.
+    The file is replaced atomically."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return 0
+
+    def keep(line):
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except ValueError:
+            return False
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) < len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class _Reports:
     """metrics.jsonl and the progress bar (process 0), and the training speed: steps per
     second between two logs, less the time spent in evaluation and hooks (`paused`)."""
 
     def __init__(self, workdir: str, step: int, last_step: int, examples_per_step: int, progress: bool):
         is_main = jax.process_index() == 0
+        dropped = truncate_metrics(os.path.join(workdir, "metrics.jsonl"), step) if is_main else 0
         self.file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
         self.bar = None
         if progress and is_main:
@@ -487,6 +540,8 @@ class _Reports:
         self.examples_per_step = examples_per_step
         self.postfix: dict = {}
         self._time, self._step, self._paused = time.perf_counter(), step, 0.0
+        if dropped:
+            self.message(f"metrics.jsonl: dropped {dropped} rows logged after step {step}, where training resumes.")
 
     @contextlib.contextmanager
     def paused(self):
@@ -591,6 +646,7 @@ def train(
     eval_iter: Iterator | None = None,
     example_shape=None,
     init_params=None,
+    on_start: Callable[[int], None] | None = None,
     on_log: Callable[[int, dict], None] | None = None,
     on_snapshot: Callable[[TrainState, int], None] | None = None,
     checkpoint_kwargs: dict | None = None,
@@ -621,6 +677,7 @@ def train(
         `schedule.eval_freq` steps (one from `get_dataset` starts over when it ends).
       example_shape: shape of one example (default: the iterator's `element_shape`).
       init_params: start from these parameters instead of a fresh initialization.
+      on_start: `on_start(step)` once the state is restored, before the first step.
       on_log: `on_log(step, record)`, on every process at each log.
       on_snapshot: `on_snapshot(state, step)`, on every process after each periodic
         checkpoint (e.g. for sample grids). The next step donates `state`'s buffers: use
@@ -659,6 +716,8 @@ def train(
     step = int(state.step)
     if jax.process_index() == 0:
         log.info("Training from step %d to %d in %s", step, schedule.last_step, workdir)
+    if on_start is not None:
+        on_start(step)
     guard = NonFiniteGuard(step, checkpoints.last_saved)
     reports = _Reports(workdir, step, schedule.last_step, (local_batch or 0) * jax.process_count(), progress)
     stop = _StopFlag(handle_signals)

@@ -148,14 +148,17 @@ def _load_file(path: str) -> ml_collections.ConfigDict:
 
 
 def get_config(name_or_path: str, lock: bool = True) -> ml_collections.ConfigDict:
-    """A fresh config, by name (see `list_configs`) or from a .py file defining `get_config()`.
+    """A fresh config, by name (see `list_configs`) or from a .py file defining `get_config()`
+    (the file is executed as Python code: use only config files you trust).
 
     The top-level `name` field is set to the config's full name (or the file path), and the
     config is locked (new keys cannot be added; existing ones can be changed, type-checked).
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"A config name or path is required, got {name_or_path!r}.")
-    if os.path.isfile(name_or_path):
+    # Only a name ending in .py is a file; anything else is a built-in name, so that a file of
+    # that name in the working directory cannot shadow it.
+    if name_or_path.endswith(".py") and os.path.isfile(name_or_path):
         config, name = _load_file(name_or_path), name_or_path
     else:
         try:

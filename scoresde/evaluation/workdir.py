@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from scoresde import experiment, reporting
 from scoresde.evaluation import digits, feature_spaces, inception, metrics
 from scoresde.experiment import UserError
+from scoresde.workdir import check_writable
 
 
 def feature_space(config) -> str:
@@ -66,11 +67,12 @@ def sample_settings(sampler: str, options: dict, seed: int, step: int, chunk_sha
     }, sort_keys=True, default=str))
 
 
-def _chunk_dir(workdir: str, settings: dict) -> str:
-    """The folder of the chunks sampled with `settings`: created with a settings.json, or an
-    existing one whose settings.json says the same (a UserError otherwise)."""
+def _chunk_dir(out: str, settings: dict) -> str:
+    """The folder under `out` of the chunks sampled with `settings`: created (writable) with a
+    settings.json, or an existing one whose settings.json says the same (a UserError otherwise)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    run_dir = os.path.join(workdir, "eval", f"{settings['sampler']}_step{settings['step']}_{digest}")
+    run_dir = os.path.join(out, f"{settings['sampler']}_step{settings['step']}_{digest}")
+    check_writable(run_dir)
     path = os.path.join(run_dir, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -80,7 +82,6 @@ def _chunk_dir(workdir: str, settings: dict) -> str:
     elif os.path.isdir(run_dir) and any(f.startswith("chunk_") for f in os.listdir(run_dir)):
         raise UserError(f"{run_dir!r} holds samples without their settings.json; remove that folder.")
     else:
-        os.makedirs(run_dir, exist_ok=True)
         reporting.write_json(path, settings)
     return run_dir
 
@@ -95,6 +96,7 @@ def evaluate_workdir(
     seed: int = 0,
     stats: str | None = None,
     weights: str | None = None,
+    out: str | None = None,
     progress: bool = True,
 ) -> tuple[dict, str]:
     """FID / KID / IS (FD-digits, KID, IS for the digits) of `num` samples (default
@@ -105,7 +107,8 @@ def evaluate_workdir(
     stats: the data set's statistics (`dataset_stats`; needed but for the digits, which are
     compared with their test split); weights: the FID Inception `.npz`.
 
-    The chunks are kept in `<workdir>/eval/<sampler>_step<step>_<hash>/` with the settings
+    The chunks are kept in `<out>/<sampler>_step<step>_<hash>/` (`out` defaults to
+    `<workdir>/eval`, so a read-only workdir needs another `out`) with the settings
     that made them, and reused by a rerun with the same settings (a resumed or larger
     evaluation). Returns the metrics, with the settings, and the path of the report.json
     written there.
@@ -119,7 +122,7 @@ def evaluate_workdir(
     chunk = max(chunk - chunk % jax.device_count(), jax.device_count())  # split over the devices
     reference = _reference(config, stats)
     shape = (chunk,) + experiment.data_shape(config)
-    run_dir = _chunk_dir(workdir, sample_settings(name, options, seed, step, shape))
+    run_dir = _chunk_dir(out or os.path.join(workdir, "eval"), sample_settings(name, options, seed, step, shape))
     paths = [os.path.join(run_dir, f"chunk_{i:05d}.npz") for i in range(math.ceil(num / chunk))]
     for i, path in enumerate(tqdm(paths, desc="samples", disable=not progress)):
         if os.path.exists(path):  # sampled before with the same settings

@@ -122,9 +122,14 @@ def check_options(name: str, options: dict) -> None:
         raise ValueError(
             f"Sampler {name!r} has no option(s) {', '.join(sorted(unknown))}; valid: {', '.join(valid)}."
         )
-    for key, value in options.items():
+    check_numbers("Sampler option", **options)
+
+
+def check_numbers(what: str = "Option", **values) -> None:
+    """A one-line ValueError for a numeric setting out of its range (`_RANGES`; others pass)."""
+    for key, value in values.items():
         if key in _RANGES and not _RANGES[key][0](value):
-            raise ValueError(f"Sampler option {key} must be {_RANGES[key][1]}, got {value!r}.")
+            raise ValueError(f"{what} {key} must be {_RANGES[key][1]}, got {value!r}.")
 
 
 def sample(key, sde, score_fn, shape, sampler: str = "pc", **options):
