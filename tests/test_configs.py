@@ -14,7 +14,8 @@ from scoresde.analytic import TOY_TARGETS
 ALL = configs.list_configs()
 IMAGE = [n for n in ALL if not n.startswith("toy_")]
 CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_classifier", "digits_ve_classifier", "digits_vp_color"]
-CPU = ["digits_vp", "digits_ve"] + CONDITIONAL + [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
+TOYS = [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
+CPU = ["digits_vp", "digits_ve", "digits_dit"] + CONDITIONAL + TOYS
 
 REFERENCE_NAMES = {
     "vp/cifar10_ddpmpp", "vp/cifar10_ddpmpp_continuous", "vp/cifar10_ddpmpp_deep_continuous",
@@ -44,7 +45,7 @@ def test_every_config_loads_locked_and_valid(name):
         config.training.batchsize = 1  # locked: a typo cannot add a key
     configs.validate(config)
     # The toolkit's fields, in every config.
-    assert config.model.name in ("ncsnpp", "ddpm", "mlp", "classifier")
+    assert config.model.name in ("ncsnpp", "ddpm", "dit", "mlp", "classifier")
     assert (config.model.name == "classifier") == (config.training.objective == "classifier")
     assert config.model.parameterization is None
     assert config.training.sde in ("vpsde", "subvpsde", "vesde")
@@ -253,7 +254,7 @@ def test_cpu_configs():
     assert (vp.training.sde, vp.data.centered, vp.model.embedding_type, vp.model.fir) == ("vpsde", True, "positional", False)
     assert (ve.training.sde, ve.data.centered, ve.model.embedding_type, ve.model.fir) == ("vesde", False, "fourier", True)
     assert ve.model.scale_by_sigma and ve.sampling.corrector == "langevin"
-    for name in CPU[2 + len(CONDITIONAL):]:
+    for name in TOYS:
         c = configs.get_config(name)
         assert c.model.name == "mlp" and c.data.dim == 2 and c.data.dataset in TOY_TARGETS
         assert "image_size" not in c.data

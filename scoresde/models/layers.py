@@ -83,11 +83,12 @@ def conv3x3(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: in
     )(x)
 
 
-def checkpointed(block: type[nn.Module]) -> type[nn.Module]:
-    """`nn.remat` of a residual block class called as (x, temb, train): its activations are
-    recomputed in the backward pass instead of stored. Keeps the class name, so the
-    parameter tree (and checkpoints) are the same with or without it."""
-    cls = nn.remat(block, static_argnums=(3,))
+def checkpointed(block: type[nn.Module], static_argnums: tuple[int, ...] = (3,)) -> type[nn.Module]:
+    """`nn.remat` of a block class: its activations are recomputed in the backward pass
+    instead of stored. `static_argnums` count self as 0; the default fits residual blocks
+    called as (x, temb, train). Keeps the class name, so the parameter tree (and
+    checkpoints) are the same with or without it."""
+    cls = nn.remat(block, static_argnums=static_argnums)
     cls.__name__ = block.__name__
     return cls
 
@@ -249,13 +250,13 @@ class ContextEmbedding(nn.Module):
         return context, mask
 
 
-def class_embedding(y, batch_size: int, num_classes: int, features: int):
+def class_embedding(y, batch_size: int, num_classes: int, features: int, embedding_init=nn.linear.default_embed_init):
     """Learned class embedding `(B,) -> (B, features)` (a fresh `Embed_i`).
 
     num_classes + 1 rows; the last is the null class, used for label -1 and for y=None.
     """
     labels = jnp.full((batch_size,), num_classes, jnp.int32) if y is None else jnp.where(y < 0, num_classes, y)
-    return nn.Embed(num_classes + 1, features)(labels)
+    return nn.Embed(num_classes + 1, features, embedding_init=embedding_init)(labels)
 
 
 class AttnBlock(AttnBlockpp):
