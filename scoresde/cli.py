@@ -166,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snrs", type=_comma_separated(float, "numbers >= 0"), default=None,
                    help="comma-separated snr values, swept for pc samplers")
     p.add_argument("--num", type=_positive_int(), default=None, help="samples per run (default: 4096 with --target, else 512)")
-    p.add_argument("--sde", default="vpsde", help="with --target: vpsde, subvpsde, vesde, cosinevpsde")
+    p.add_argument("--sde", default="vpsde", help="with --target: vpsde, subvpsde, vesde, cosinevpsde, rectified_flow, edm")
     p.add_argument("--out", default=None, help="output prefix (default: <workdir>/ablation or ./ablation_<target>)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--guidance", type=_comma_separated(float, "numbers >= 0"), default=None,

@@ -47,9 +47,13 @@ def sde_from_config(config) -> sde_lib.SDE:
             return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
         if name == "cosinevpsde":
             return sde_lib.CosineVPSDE(N=m.num_scales)
+        if name == "rectified_flow":
+            return sde_lib.RectifiedFlow(N=m.num_scales)
+        if name == "edm":  # sigma(t) = t on [0, sigma_max], sampled down to sigma_min
+            return sde_lib.EDMPath(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
     except ValueError as err:
         raise UserError(f"config.model ({config.training.sde}): {err}") from None
-    raise UserError(f"Unknown training.sde {config.training.sde!r}; valid: vpsde, subvpsde, vesde, cosinevpsde.")
+    raise UserError(f"Unknown training.sde {config.training.sde!r}; valid: {', '.join(sde_lib.SDES)}.")
 
 
 def _tuplify(value):

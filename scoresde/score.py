@@ -82,8 +82,9 @@ def as_score_model(score_fn):
 
 
 def default_parameterization(sde: sde_lib.SDE) -> str:
-    """The reference's choice: VP-type networks predict the noise, VE networks the score."""
-    return "score" if isinstance(sde, sde_lib.VESDE) else "eps"
+    """The reference's choice: VP-type networks predict the noise, VE networks (and EDM's
+    path, a VE SDE timed by sigma) the score."""
+    return "score" if isinstance(sde, (sde_lib.VESDE, sde_lib.EDMPath)) else "eps"
 
 
 def noise_labels(sde: sde_lib.SDE, t: jax.Array, continuous: bool = True) -> jax.Array:
@@ -91,11 +92,14 @@ def noise_labels(sde: sde_lib.SDE, t: jax.Array, continuous: bool = True) -> jax
 
     VP-type: t * 999 (continuous) or the discrete step index t (N - 1) (a float).
     VE: sigma(t) (continuous) or the SMLD ladder index round((T - t)(N - 1)).
+    EDM's path: sigma(t) = t (continuous), as VE. Other paths: t * 999.
     """
     if isinstance(sde, sde_lib.VESDE):
         if continuous:
             return sde.marginal_coeffs(t)[1]
         return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+    if continuous and isinstance(sde, sde_lib.EDMPath):
+        return sde.marginal_coeffs(t)[1]
     if continuous or not isinstance(sde, sde_lib.VariancePreserving):
         return t * 999
     return t * (sde.N - 1)

@@ -4,6 +4,8 @@ Every SDE here is linear, dx = f(t) x dt + g(t) dw, so its perturbation kernel i
 Gaussian: p_0t(x(t) | x(0)) = N(s(t) x(0), sigma(t)^2 I). Each class gives the two
 coefficients through `marginal_coeffs(t) -> (s, sigma)`; samplers that step in noise
 level (EDM, DPM-Solver) and the exact Gaussian-mixture targets use them directly.
+`LinearGaussianPath` goes the other way: from a path's (alpha(t), sigma(t)) to its SDE
+(`RectifiedFlow`, `EDMPath`, and `LinearPath` for any pair).
 
 Shapes: `t` is a batch vector `(B,)`; `x` is `(B, ...)`. Per-example coefficients
 such as the diffusion g(t) and the std are `(B,)`. Every method is a pure jnp
@@ -422,11 +424,198 @@ class VESDE(SDE):
         return jnp.log(jnp.asarray(sigma) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
 
-SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE, "cosinevpsde": CosineVPSDE}
+# ---------------------------------------------------------------------------------------
+# Linear Gaussian paths given by their marginal coefficients (flow matching, EDM, any pair).
+
+
+def _check_eps(eps, T):
+    _check_positive(eps=eps)
+    if eps >= T:
+        raise ValueError(f"eps must be < T={T}, got {eps}.")
+
+
+class LinearGaussianPath(SDE):
+    """The path x_t = alpha(t) x_0 + sigma(t) z, z ~ N(0, I), t in [0, T], as the linear SDE
+
+        dx = f(t) x dt + g(t) dw,   f = d log alpha / dt,   g^2 = d sigma^2 / dt - 2 f sigma^2,
+
+    whose kernel is N(alpha x_0, sigma^2 I) (alpha(0) = 1; from x(0) ~ N(x_0, sigma(0)^2 I)
+    when sigma(0) > 0, VE's convention). sigma/alpha must increase (so g^2 >= 0).
+
+    Subclasses give `marginal_coeffs`, `T` and `eps` (the samplers' default last time);
+    the derivatives come from `coeffs_and_derivatives`, by `jax.jvp` unless overridden.
+    Prior N(0, sigma(T)^2 I): p_T up to alpha(T) x_0, so T must make alpha(T) small
+    against sigma(T) (as for VP). The chain (`discretize`) is the exact kernel from
+    s = max(t - T/N, 0) to t, so it is exact at T for every N:
+
+        x_t = (alpha_t / alpha_s) x_s + G z,   G^2 = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2.
+    """
+
+    eps: float
+
+    def coeffs_and_derivatives(self, t):
+        """(alpha, sigma, d alpha/dt, d sigma/dt), each `(B,)`; by autodiff unless overridden."""
+        (alpha, sigma), (dalpha, dsigma) = jax.jvp(self.marginal_coeffs, (t,), (jnp.ones_like(t),))
+        return alpha, sigma, dalpha, dsigma
+
+    def drift_and_diffusion_sq(self, t):
+        """f(t) = alpha'/alpha and g(t)^2 = 2 sigma (sigma' - f sigma), each `(B,)`."""
+        alpha, sigma, dalpha, dsigma = self.coeffs_and_derivatives(t)
+        f = dalpha / alpha
+        return f, jnp.maximum(2.0 * sigma * (dsigma - f * sigma), 0.0)
+
+    def sde(self, x, t):
+        t = jnp.asarray(t, x.dtype)
+        f, g2 = self.drift_and_diffusion_sq(t)
+        return batch_broadcast(f, x) * x, jnp.sqrt(g2)
+
+    def _prior_std(self, dtype):
+        return self.marginal_coeffs(jnp.full((1,), self.T, dtype))[1][0]
+
+    def prior_sampling(self, key, shape):
+        z = jax.random.normal(key, shape)
+        return z * self._prior_std(z.dtype)
+
+    def prior_logp(self, z):
+        return self._standard_normal_logp(z, var=self._prior_std(z.dtype) ** 2)
+
+    def chain_step(self, t):
+        """The chain's step into t from s = max(t - T/N, 0): (alpha_t / alpha_s, G, sigma_s, sigma_t), `(B,)`."""
+        s = jnp.maximum(t - self.T / self.N, 0.0)
+        alpha_s, sigma_s = self.marginal_coeffs(s)
+        alpha_t, sigma_t = self.marginal_coeffs(t)
+        rho_s, rho_t = sigma_s / alpha_s, sigma_t / alpha_t
+        # G^2 = alpha_t^2 (rho_t^2 - rho_s^2), as a product: no cancellation of two squares.
+        G = alpha_t * jnp.sqrt(jnp.maximum((rho_t - rho_s) * (rho_t + rho_s), 0.0))
+        return alpha_t / alpha_s, G, sigma_s, sigma_t
+
+    def discretize(self, x, t):
+        """f = (alpha_t / alpha_s - 1) x and G, the exact kernel from s = t - T/N (class docstring)."""
+        ratio, G, _, _ = self.chain_step(jnp.asarray(t, x.dtype))
+        return batch_broadcast(ratio - 1.0, x) * x, G
+
+
+class RectifiedFlow(LinearGaussianPath):
+    """The rectified-flow / flow-matching path x_t = (1 - t) x_0 + t z (Liu et al. 2022,
+    Lipman et al. 2022): f = -1/(1 - t), g^2 = 2t / (1 - t).
+
+    f and g diverge at t = 1 (though the probability-flow velocity z - x_0 does not), so the
+    process ends at T < 1 (default 0.999, sigma/alpha = 999); prior N(0, T^2 I), whose
+    mismatch with p_T is of order alpha(T) = 1 - T. sigma_to_t: t = r / (1 + r).
+    """
+
+    def __init__(self, T: float = 0.999, eps: float = 1e-3, N: int = 1000):
+        super().__init__(N)
+        _check_positive(T=T)
+        if T >= 1.0:
+            raise ValueError(f"T must be < 1 for the rectified flow (f(1) = -inf), got {T}.")
+        _check_eps(eps, T)
+        self._T, self.eps = float(T), float(eps)
+
+    @property
+    def T(self):
+        return self._T
+
+    def marginal_coeffs(self, t):
+        return 1.0 - t, t
+
+    def coeffs_and_derivatives(self, t):
+        return 1.0 - t, t, -jnp.ones_like(t), jnp.ones_like(t)
+
+    def sigma_to_t(self, sigma):
+        sigma = jnp.asarray(sigma)
+        return sigma / (1.0 + sigma)
+
+
+class EDMPath(LinearGaussianPath):
+    """EDM's path (Karras et al. 2022): alpha = 1, sigma(t) = t on [0, sigma_max]: f = 0, g = sqrt(2t).
+
+    A VE SDE timed by its noise level; prior N(0, sigma_max^2 I); the samplers' default
+    last time is sigma_min (EDM's 0.002). sigma_to_t is the identity. Grids uniform in t
+    (PC, DDIM's default) are uniform in sigma here, coarse at small sigma: prefer EDM's,
+    DPM-Solver's logSNR grid or the adaptive ODE.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
+        super().__init__(N)
+        _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+        if sigma_min >= sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    @property
+    def T(self):
+        return self.sigma_max
+
+    @property
+    def eps(self):
+        return self.sigma_min
+
+    def marginal_coeffs(self, t):
+        return jnp.ones_like(t), t
+
+    def coeffs_and_derivatives(self, t):
+        return jnp.ones_like(t), t, jnp.zeros_like(t), jnp.ones_like(t)
+
+    def sigma_to_t(self, sigma):
+        return jnp.asarray(sigma)
+
+
+class LinearPath(LinearGaussianPath):
+    """A linear Gaussian path from any `alpha_fn(t)`, `sigma_fn(t)`: elementwise jnp functions
+    of t `(B,)`, with alpha(0) = 1, alpha > 0, sigma >= 0 and sigma/alpha increasing on
+    [0, T] (checked on a 513-point grid). f and g^2 by autodiff (class `LinearGaussianPath`),
+    so where sigma = 0 with an infinite derivative (sigma ~ sqrt(t), as VP at t = 0) g is
+    NaN at that t; the samplers, the likelihood and the losses evaluate it at t >= eps only.
+    sigma_to_t by bisection. The functions are part of the SDE's value (compared by
+    identity): reuse the same function objects to reuse compiled samplers.
+    """
+
+    def __init__(self, alpha_fn: Callable, sigma_fn: Callable, T: float = 1.0, eps: float = 1e-3, N: int = 1000):
+        super().__init__(N)
+        if not (callable(alpha_fn) and callable(sigma_fn)):
+            raise ValueError("alpha_fn and sigma_fn must be callables of t.")
+        _check_positive(T=T)
+        _check_eps(eps, T)
+        self.alpha_fn, self.sigma_fn, self._T, self.eps = alpha_fn, sigma_fn, float(T), float(eps)
+        with jax.ensure_compile_time_eval():
+            t = jnp.linspace(0.0, self._T, 513)
+            alpha, sigma = (np.asarray(c, np.float64) for c in self.marginal_coeffs(t))
+            if alpha.shape != t.shape or sigma.shape != t.shape:
+                raise ValueError(
+                    f"LinearPath: alpha_fn and sigma_fn must map t (B,) to (B,), got {alpha.shape}, {sigma.shape}."
+                )
+            g2 = np.asarray(self.drift_and_diffusion_sq(t[1:])[1])  # sigma ~ sqrt(t) has sigma'(0) = inf
+        if not (np.all(np.isfinite(alpha)) and np.all(np.isfinite(sigma)) and np.all(np.isfinite(g2))):
+            raise ValueError("LinearPath: alpha, sigma and their derivatives must be finite on [0, T].")
+        if abs(alpha[0] - 1.0) > 1e-6 or np.any(alpha <= 0) or np.any(sigma < 0):
+            raise ValueError(
+                f"LinearPath: need alpha(0) = 1, alpha > 0 and sigma >= 0 on [0, T]; alpha(0) = {alpha[0]:.6g}."
+            )
+        ratio = sigma / alpha
+        if not (np.all(np.diff(ratio) >= 0) and ratio[-1] > ratio[0]):
+            raise ValueError("LinearPath: sigma/alpha must increase on [0, T] (else g^2 < 0).")
+
+    @property
+    def T(self):
+        return self._T
+
+    def marginal_coeffs(self, t):
+        return self.alpha_fn(t), self.sigma_fn(t)
+
+
+SDES = {
+    "vpsde": VPSDE,
+    "subvpsde": subVPSDE,
+    "vesde": VESDE,
+    "cosinevpsde": CosineVPSDE,
+    "rectified_flow": RectifiedFlow,
+    "edm": EDMPath,
+}
 
 
 def get_sde(name: str, **kwargs) -> SDE:
-    """Build an SDE by (case-insensitive) name: vpsde, subvpsde, vesde, cosinevpsde."""
+    """Build an SDE by (case-insensitive) name: vpsde, subvpsde, vesde, cosinevpsde, rectified_flow, edm."""
     key = name.lower()
     if key not in SDES:
         raise ValueError(f"Unknown SDE {name!r}; valid names: {', '.join(sorted(SDES))}.")
@@ -434,5 +623,8 @@ def get_sde(name: str, **kwargs) -> SDE:
 
 
 def default_eps(sde: SDE) -> float:
-    """Smallest sampling time of Song et al.: 1e-5 for VE, 1e-3 for VP-type SDEs."""
-    return 1e-5 if isinstance(sde, VESDE) or isinstance(getattr(sde, "forward", None), VESDE) else 1e-3
+    """Smallest sampling time: Song et al.'s 1e-5 for VE and 1e-3 for VP-type SDEs; a path's `eps`."""
+    base = getattr(sde, "forward", sde)
+    if isinstance(base, LinearGaussianPath):
+        return base.eps
+    return 1e-5 if isinstance(base, VESDE) else 1e-3

@@ -74,12 +74,28 @@ def error_of(*argv) -> str:
 # solvers take a plain function as a static score model, so a fresh closure per call
 # would recompile every time.
 
-# The SDEs at their default parameters, by short name.
+def _decay(t):
+    return jnp.exp(-t)
+
+
+def _identity(t):
+    return t
+
+
+# A user-defined path, neither VP nor VE: alpha = e^-t, sigma = t on [0, 5] (alpha(T) = 0.0067),
+# so f = -1 and g^2 = 2t (1 + t). One instance: a LinearPath compares by its functions.
+LINEAR_PATH = sde_lib.LinearPath(_decay, _identity, T=5.0)
+
+# The SDEs and paths at their default parameters, by short name (only looked up by name:
+# adding one here adds no test by itself).
 SDES = {
     "vp": sde_lib.VPSDE(),
     "subvp": sde_lib.subVPSDE(),
     "ve": sde_lib.VESDE(),
     "cosine": sde_lib.CosineVPSDE(),
+    "rf": sde_lib.RectifiedFlow(),
+    "edm": sde_lib.EDMPath(),
+    "linear": LINEAR_PATH,
 }
 
 

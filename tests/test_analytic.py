@@ -19,14 +19,15 @@ from scipy.special import logsumexp
 
 from scoresde import analytic
 from scoresde.analytic import GaussianMixture
-from scoresde.sde_lib import CosineVPSDE, VESDE, VPSDE, subVPSDE
+from scoresde.sde_lib import CosineVPSDE, EDMPath, RectifiedFlow, VESDE, VPSDE, subVPSDE
 
-from conftest import K_SE, check_gaussian
+from conftest import K_SE, LINEAR_PATH, check_gaussian
 
 N_SAMPLES = 20000  # every sampler draws this many points (one shape, one compile per primitive)
 
-SDES = [VPSDE(), subVPSDE(), VESDE(), CosineVPSDE()]
-SDE_IDS = ["vp", "subvp", "ve", "cosinevp"]
+# The SDEs, then the linear Gaussian paths (rectified flow, EDM's, conftest's user-defined one).
+SDES = [VPSDE(), subVPSDE(), VESDE(), CosineVPSDE(), RectifiedFlow(), EDMPath(), LINEAR_PATH]
+SDE_IDS = ["vp", "subvp", "ve", "cosinevp", "rf", "edm", "linear"]
 
 
 def _mixture_params(dim, full, seed=0, K=3):

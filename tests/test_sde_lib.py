@@ -21,17 +21,22 @@ import pytest
 from scipy import stats
 
 from scoresde import sde_lib
-from scoresde.sde_lib import SDE, CosineVPSDE, VESDE, VPSDE, batch_broadcast, subVPSDE
+from scoresde.sde_lib import (
+    SDE, CosineVPSDE, EDMPath, LinearGaussianPath, LinearPath, RectifiedFlow, VESDE, VPSDE, batch_broadcast, subVPSDE,
+)
 
-from conftest import K_SE, check_gaussian
+from conftest import K_SE, LINEAR_PATH, check_gaussian
 
 # Every SDE with its default parameters. VE keeps the default sigma_max = 50, the value
 # used in practice (the cost is the same as with a smaller one); the Euler--Maruyama,
 # chain and prior tests also run VE with sigma_max = 5, to check that the coefficients
-# follow the parameters.
-SDES = [VPSDE(), subVPSDE(), VESDE(), CosineVPSDE()]
-SDE_IDS = ["vp", "subvp", "ve", "cosinevp"]
+# follow the parameters. Then the linear Gaussian paths: rectified flow (T = 0.999), EDM's
+# sigma(t) = t on [0, 80], and conftest's user-defined alpha = e^-t, sigma = t on [0, 5].
+SDES = [VPSDE(), subVPSDE(), VESDE(), CosineVPSDE(), RectifiedFlow(), EDMPath(), LINEAR_PATH]
+SDE_IDS = ["vp", "subvp", "ve", "cosinevp", "rf", "edm", "linear"]
 sde_params = pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+# The reverse-time algebra is the same for every SDE: checked on the SDEs with their own chains.
+sde_params_classic = pytest.mark.parametrize("sde", SDES[:4], ids=SDE_IDS[:4])
 sde_params_ve5 = pytest.mark.parametrize("sde", SDES + [VESDE(sigma_max=5.0)], ids=SDE_IDS + ["ve_sigma5"])
 
 
@@ -41,7 +46,14 @@ def _noise_ratio(sde, t):
 
 
 def _prior_std(sde):
-    return sde.sigma_max if isinstance(sde, VESDE) else 1.0
+    """The prior's std: sigma_max for VE and EDM, sigma(T) for the other paths, else 1."""
+    if isinstance(sde, (VESDE, EDMPath)):
+        return sde.sigma_max
+    if isinstance(sde, RectifiedFlow):
+        return sde.T
+    if isinstance(sde, LinearPath):
+        return float(sde.sigma_fn(np.float64(sde.T)))
+    return 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -54,11 +66,12 @@ X0 = np.array([-1.0, 3.0])  # two fixed starting points, simulated side by side
 
 def _em_grid(sde):
     """The Euler--Maruyama time grid, N_EM steps from 0 to T."""
-    if isinstance(sde, CosineVPSDE):
+    if isinstance(sde, (CosineVPSDE, RectifiedFlow)):
         # beta(t) ~ 2 / (1 - t) diverges at t = 1 (beta(T) ~ 370 at T = 0.9946), so a
         # uniform step would give beta dt ~ 0.4 near T. 700 uniform steps up to t = 0.9
         # (where beta ~ 20, as VP's beta_max), then 300 steps uniform in -log(1 - t),
-        # which keep beta dt ~ 2 d(-log(1 - t)) ~ 0.02 up to T.
+        # which keep beta dt ~ 2 d(-log(1 - t)) ~ 0.02 up to T. The same for the
+        # rectified flow: f = -1/(1 - t), g^2 = 2t/(1 - t) (T = 0.999: |f| dt ~ 0.015).
         head = np.linspace(0.0, 0.9, N_EM - 300 + 1)
         tail = 1.0 - 0.1 * ((1.0 - sde.T) / 0.1) ** (np.arange(1, 301) / 300)
         return np.concatenate([head, tail])
@@ -151,6 +164,8 @@ def _chain_times(sde):
     N = sde.N
     if isinstance(sde, subVPSDE):
         return np.arange(N) * (sde.T / N)  # Euler--Maruyama, dt = T / N
+    if isinstance(sde, LinearGaussianPath):
+        return np.arange(1, N + 1) * (sde.T / N)  # step i: the exact kernel from i T/N to (i + 1) T/N
     # VP and VE chains: step i is indexed by i = floor(t (N - 1) / T), i.e. t in
     # [i T/(N-1), (i+1) T/(N-1)). Take the middle of each cell (grid points themselves can
     # round down to i - 1) and t = T for the last step.
@@ -188,9 +203,10 @@ def test_discretization_converges_to_marginal(sde, x64):
         assert np.isfinite(m) and np.isfinite(v)
         errors.append(max(abs(m - s_T) / s_T, abs(v - var_T) / var_T))  # relative errors
     errors = np.array(errors)
-    if isinstance(sde, (VESDE, CosineVPSDE)):
+    if isinstance(sde, (VESDE, CosineVPSDE, LinearGaussianPath)):
         # These chains are exact at T for every N: SMLD's increments telescope to
-        # sigma_max^2, and the cosine betas are 1 - alpha-bar(t_{i+1}) / alpha-bar(t_i).
+        # sigma_max^2, the cosine betas are 1 - alpha-bar(t_{i+1}) / alpha-bar(t_i), and a
+        # path's chain is its exact kernel between grid times.
         np.testing.assert_array_less(errors, 1e-10)
     else:
         # DDPM and Euler--Maruyama are first-order: each ~3x and ~10x increase of N must
@@ -274,7 +290,7 @@ def _reverse_results(sde):
         return x, t, jax.tree.map(np.asarray, out)
 
 
-@sde_params
+@sde_params_classic
 @pytest.mark.parametrize("probability_flow", [False, True], ids=["reverse_sde", "pf_ode"])
 def test_reverse_drift_and_diffusion(sde, probability_flow):
     rsde = sde.reverse(_test_score, probability_flow=probability_flow)
@@ -298,7 +314,7 @@ def test_reverse_drift_and_diffusion(sde, probability_flow):
     jax.tree.map(np.testing.assert_array_equal, marginal, forward_marginal)
 
 
-@sde_params
+@sde_params_classic
 def test_reverse_with_steps_discretizes_with_new_steps(sde):
     """Changing N on a reverse SDE changes the chain it reverses, not only its label."""
     rsde = sde.reverse(_test_score).with_steps(50)
@@ -342,6 +358,20 @@ def test_reverse_with_steps_discretizes_with_new_steps(sde):
         lambda: VESDE().with_steps(-1),
         lambda: sde_lib.get_sde("nosuchsde"),
         lambda: sde_lib.get_sde("ddpm"),
+        lambda: RectifiedFlow(T=1.0),
+        lambda: RectifiedFlow(T=0.0),
+        lambda: RectifiedFlow(eps=0.0),
+        lambda: RectifiedFlow(T=0.5, eps=0.5),
+        lambda: RectifiedFlow(N=0),
+        lambda: EDMPath(sigma_min=80.0, sigma_max=80.0),
+        lambda: EDMPath(sigma_min=0.0),
+        lambda: EDMPath(sigma_max=float("inf")),
+        lambda: LinearPath(1.0, jnp.sqrt),
+        lambda: LinearPath(lambda t: 2.0 - t, lambda t: t),  # alpha(0) = 2
+        lambda: LinearPath(lambda t: 1.0 - t, lambda t: t, T=1.0),  # alpha(1) = 0
+        lambda: LinearPath(lambda t: jnp.ones_like(t), lambda t: jnp.sin(4.0 * t)),  # sigma/alpha decreases
+        lambda: LinearPath(lambda t: jnp.ones_like(t), lambda t: t, T=1.0, eps=1.0),
+        lambda: LinearPath(lambda t: jnp.ones(()), lambda t: t),  # not elementwise
     ],
 )
 def test_invalid_parameters_raise(build):
@@ -354,6 +384,14 @@ def test_get_sde_builds_by_name():
     assert sde_lib.get_sde("subvpsde") == subVPSDE()
     assert sde_lib.get_sde("VESDE", sigma_max=5.0, N=10) == VESDE(sigma_max=5.0, N=10)
     assert isinstance(sde_lib.get_sde("cosinevpsde"), CosineVPSDE)
+    assert sde_lib.get_sde("rectified_flow", T=0.99) == RectifiedFlow(T=0.99)
+    assert sde_lib.get_sde("EDM", sigma_max=10.0) == EDMPath(sigma_max=10.0)
+    # Paths hash and compare by value (LinearPath by its functions), so jit caches per path.
+    assert hash(RectifiedFlow()) == hash(RectifiedFlow()) and RectifiedFlow() != RectifiedFlow(T=0.99)
+    assert LinearPath(LINEAR_PATH.alpha_fn, LINEAR_PATH.sigma_fn, T=5.0) == LINEAR_PATH
+    assert LinearPath(lambda t: jnp.exp(-t), LINEAR_PATH.sigma_fn, T=5.0) != LINEAR_PATH
+    # The samplers' default last time: a path's eps (EDM's sigma_min).
+    assert [sde_lib.default_eps(s) for s in (RectifiedFlow(), EDMPath(), EDMPath().reverse(None))] == [1e-3, 2e-3, 2e-3]
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,6 +442,9 @@ def _float64_results(sde, x, t, t_grid, r_grid):
         out[name] = (jax.grad(lambda u: jnp.sum(coeff(u)))(t), central(coeff, t))
     out["drift"] = (jax.grad(lambda y: jnp.sum(sde.sde(y, t)[0]))(x), sde.sde(jnp.ones_like(t), t)[0])
     out["prior_logp"] = jax.grad(lambda z: jnp.sum(sde.prior_logp(z)))(x)
+    # The marginal coefficients by autodiff, and the SDE's f(t) (f(x, t) = f(t) x) and g(t).
+    (s, sigma), (ds, dsigma) = jax.jvp(sde.marginal_coeffs, (t,), (jnp.ones_like(t),))
+    out["moment_odes"] = (s, ds, sigma**2, 2 * sigma * dsigma, *sde.sde(jnp.ones_like(t), t))
     ratio = functools.partial(_noise_ratio, sde)
     out["sigma_to_t_grad"] = (jax.grad(lambda r: jnp.sum(sde.sigma_to_t(r)))(ratio(t)), 1.0 / central(ratio, t))
 
@@ -478,9 +519,20 @@ def test_grad(sde):
     np.testing.assert_allclose(*out["sigma_to_t_grad"], rtol=1e-6)
 
 
+@sde_params
+def test_marginal_coefficients_solve_the_moment_odes(sde):
+    """The kernel N(s x0, sigma^2 I) of dx = f x dt + g dw solves ds/dt = f s and
+    d sigma^2/dt = 2 f sigma^2 + g^2: the SDE's f and g against autodiff of marginal_coeffs
+    (for the paths this checks f = alpha'/alpha and g^2 = (sigma^2)' - 2 f sigma^2, closed
+    forms and autodiff alike)."""
+    s, ds, var, dvar, f, g = _results(sde, True)["moment_odes"]
+    np.testing.assert_allclose(ds, f * s, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(dvar, 2 * f * var + g**2, rtol=1e-10, atol=1e-14)
+
+
 def test_subvp_uses_generic_bisection():
-    assert subVPSDE.sigma_to_t is SDE.sigma_to_t
-    for cls in (VPSDE, VESDE, CosineVPSDE):
+    assert subVPSDE.sigma_to_t is SDE.sigma_to_t and LinearPath.sigma_to_t is SDE.sigma_to_t
+    for cls in (VPSDE, VESDE, CosineVPSDE, RectifiedFlow, EDMPath):
         assert cls.sigma_to_t is not SDE.sigma_to_t  # closed forms, checked against the bisection below
 
 

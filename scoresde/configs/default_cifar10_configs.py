@@ -25,7 +25,7 @@ def get_default_configs():
   training.continuous = True
   training.n_jitted_steps = 5
   training.reduce_mean = False
-  # scoresde: every reference config sets training.sde; 'vpsde' | 'subvpsde' | 'vesde' | 'cosinevpsde'.
+  # scoresde: every reference config sets training.sde; 'vpsde' | 'subvpsde' | 'vesde' | 'cosinevpsde' | 'rectified_flow' | 'edm'.
   training.sde = 'vesde'
 
   # sampling

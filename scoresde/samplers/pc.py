@@ -66,6 +66,9 @@ def ancestral_sampling(sde, score_fn) -> Update:
     VP: x <- (x + beta_i score) / sqrt(1 - beta_i) + sqrt(beta_i) z.
     VE: x <- x + (sigma_i^2 - sigma_{i-1}^2) score
               + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) z.
+    Linear Gaussian paths (their exact chain x_t = a x_s + G z, `sde_lib.LinearGaussianPath`):
+        x <- (x + G^2 score) / a + (G sigma_s / sigma_t) z,
+    Tweedie's E[x_s | x_t] and the posterior std given x_0 (VE's step when a = 1).
     """
     if isinstance(sde, sde_lib.VESDE):
 
@@ -89,8 +92,17 @@ def ancestral_sampling(sde, score_fn) -> Update:
 
         return update
 
+    if isinstance(sde, sde_lib.LinearGaussianPath):
+
+        def update(key, x, t):
+            ratio, G, sigma_s, sigma_t = sde.chain_step(jnp.asarray(t, x.dtype))
+            x_mean = (x + bb(G**2, x) * score_fn(x, t)) / bb(ratio, x)
+            return x_mean + bb(G * sigma_s / sigma_t, x) * _normal(key, x), x_mean
+
+        return update
+
     raise ValueError(
-        f"ancestral_sampling needs a discrete Markov chain (VP, cosine VP or VE); "
+        f"ancestral_sampling needs a discrete Markov chain (VP, cosine VP, VE or a linear Gaussian path); "
         f"{type(sde).__name__} has none. Use predictor='reverse_diffusion' or 'euler_maruyama'."
     )
 
