@@ -379,3 +379,12 @@ def test_ddim_data_and_noise_prediction_agree(sde_name, x64):
     np.testing.assert_array_equal(np.asarray(x_ddim), np.asarray(x_plus))
     np.testing.assert_allclose(np.asarray(x_noise), np.asarray(x_plus), rtol=1e-10, atol=1e-10)
     assert _rms(x_plus - _reference(sde_name)[1]) > 1e-4  # a real, nontrivial trajectory
+
+
+@pytest.mark.parametrize("spacing", fast.SPACINGS)
+def test_time_grid_takes_a_traced_eps(spacing):
+    # Regression: "time_quadratic" took math.sqrt(eps), which fails on the traced eps of
+    # the compiled samplers (dpm_solver_sample(..., spacing="time_quadratic") raised).
+    ts = jax.jit(fast.time_grid, static_argnums=(0, 1, 3))(SAMPLE_SDE, 4, 1e-3, spacing)
+    assert ts.shape == (5,) and bool(jnp.all(jnp.diff(ts) < 0))
+    np.testing.assert_allclose([ts[0], ts[-1]], [SAMPLE_SDE.T, 1e-3], rtol=1e-5)

@@ -28,7 +28,8 @@ from conftest import count_compiles, random_params
 SDE = sde_lib.VPSDE()
 DIM = 16
 STEPS = {"pc": 25, "euler_maruyama": 3, "reverse_diffusion": 25, "ancestral": 25, "ode_heun": 3, "edm_heun": 3,
-         "edm_stochastic": 3, "dpm_solver++": 3, "dpm_solver++_3m": 3, "dpm_solver": 1, "ddim": 3}
+         "edm_stochastic": 3, "dpm_solver++": 3, "dpm_solver++_3m": 3, "dpm_solver": 1, "ddim": 3,
+         "unipc": 3}
 
 
 def mlp(hidden=32, num_classes=0):

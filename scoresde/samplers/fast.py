@@ -185,7 +185,7 @@ def time_grid(sde, num_steps, eps, spacing="logSNR"):
     if spacing == "time_uniform":
         return jnp.linspace(sde.T, eps, num_steps + 1)
     if spacing == "time_quadratic":
-        return jnp.linspace(math.sqrt(sde.T), math.sqrt(eps), num_steps + 1) ** 2
+        return jnp.linspace(math.sqrt(sde.T), jnp.sqrt(eps), num_steps + 1) ** 2  # eps may be traced
     if spacing == "logSNR":
         lam = jnp.linspace(_lambda(sde, jnp.asarray(sde.T)), _lambda(sde, jnp.asarray(eps)), num_steps + 1)
         ts = _t_of_lambda(sde, lam)

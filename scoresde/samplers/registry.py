@@ -15,10 +15,11 @@ import inspect
 import math
 from typing import Callable
 
-from scoresde.samplers import fast, ode, pc
+from scoresde.samplers import fast, ode, pc, unipc
 from scoresde.samplers.fast import ddim_sample, dpm_solver_sample, edm_sample
 from scoresde.samplers.ode import ode_sample
 from scoresde.samplers.pc import pc_sample
+from scoresde.samplers.unipc import unipc_sample
 
 # Arguments that are not options: the call's own, and the hooks set by `imputation`.
 _NOT_OPTIONS = ("key", "sde", "score_fn", "shape", "constraint")
@@ -75,6 +76,8 @@ SAMPLERS = {
         functools.partial(dpm_solver_sample, order=3, method="singlestep", plus=False), fast.dpm_solver_nfe
     ),
     "ddim": Sampler(ddim_sample, fast.dpm_solver_nfe),
+    # Zhao et al. 2023: UniPC-2 (bh2, data prediction), one evaluation per step.
+    "unipc": Sampler(unipc_sample, unipc.unipc_nfe),
 }
 
 
@@ -95,7 +98,7 @@ def _number(value, integer=False):
     return math.isfinite(value)
 
 
-# The range of every numeric option of any sampler: (test, what the value must be).
+# The range of every numeric option of any sampler, and UniPC's variant: (test, what the value must be).
 _RANGES = {
     "num_steps": (lambda v: v is None or (_number(v, True) and v >= 1), "an integer >= 1"),
     "n_steps": (lambda v: _number(v, True) and v >= 0, "an integer >= 0"),
@@ -110,6 +113,7 @@ _RANGES = {
     "S_min": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
     "S_max": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0 (inf allowed)"),
     "S_noise": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "variant": (lambda v: v in unipc.VARIANTS, "'bh1' or 'bh2'"),
 }
 
 
