@@ -307,6 +307,7 @@ def cmd_sample(args, overrides):
         raise experiment.UserError("--image is the input of --inpaint or --colorize; add one of them.")
     if (args.inpaint or args.colorize) and args.image is None:
         raise experiment.UserError("--inpaint and --colorize need --image <png>.")
+    experiment.load_config(args.workdir)  # a missing workdir is reported as such, and not created
     check_writable(os.path.dirname(os.path.abspath(args.out)) if args.out else os.path.join(args.workdir, "samples"))
     result = experiment.sample_workdir(
         args.workdir, args.num, sampler=args.sampler, options=_sampler_options(args), seed=args.seed,
@@ -337,12 +338,14 @@ def cmd_likelihood(args, overrides):
 
 def cmd_ablate(args, overrides):
     from scoresde import ablation
-    from scoresde.workdir import check_writable
+    from scoresde.workdir import check_writable, load_config
 
     grid = (args.samplers or ablation.DEFAULT_SAMPLERS, args.nfes or ablation.DEFAULT_NFES)
     if args.target and args.guidance is not None:
         raise SystemExit("scoresde: error: --guidance needs a conditional model (--workdir).")
     prefix = args.out or (f"ablation_{args.target}" if args.target else os.path.join(args.workdir, "ablation"))
+    if args.workdir:
+        load_config(args.workdir)  # a missing workdir is reported as such, and not created
     check_writable(os.path.dirname(os.path.abspath(prefix)))
     if args.target:
         result = ablation.ablate_target(args.target, *grid, snrs=args.snrs, sde=args.sde, num=args.num,

@@ -451,7 +451,7 @@ def test_sampler_errors(toy_workdir, tmp_path, quick_load):
     assert "sampler 'ddim' has no option(s) snr" in message.lower() and "num_steps" in message
     assert "num_steps" in error_of("sample", "--workdir", toy_workdir, "--sampler", "ddim", "--steps", "0", *out)
     message = error_of("sample", "--workdir", toy_workdir, "--snr", "nan", *out)
-    assert "snr must be a finite number >= 0" in message
+    assert "--snr: expected a finite number >= 0, got 'nan'" in message
     assert "unknown sampler 'nope'" in error_of("ablate", "--workdir", toy_workdir, "--samplers", "ddim,nope").lower()
     assert not os.listdir(tmp_path)  # nothing written
 

@@ -493,7 +493,7 @@ def test_every_config_key_has_a_reader(record_reads, monkeypatch, tmp_path):
 
     monkeypatch.setattr(data, "get_dataset", get_dataset)
     monkeypatch.setattr(train, "train", lambda *args, **kwargs: types.SimpleNamespace(step=0))
-    monkeypatch.setattr(likelihood, "evaluate_bpd", lambda *args, **kwargs: {})
+    monkeypatch.setattr(likelihood, "evaluate_bpd", lambda *args, **kwargs: {"bpd": 1.0, "bpd_per_pass": [1.0]})
     monkeypatch.setattr(registry, "sample", lambda key, sde, score, shape, name, **o: (np.zeros(shape, np.float32), 1))
     monkeypatch.setattr(feature_spaces, "evaluate", lambda *args, **kwargs: {})
     present, read = set(), set()
