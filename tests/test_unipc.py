@@ -5,7 +5,8 @@ of an exact mixture, and the registry entry.
    probability-flow ODE of a Gaussian (closed form), with the exact predictions as
    history. UniP-k's local error is O(h^(k+1)), UniC-k's O(h^(k+2)) (Zhao et al. 2023,
    Thm 3.1: the corrector adds one order); halving h divides them by 2^(k+1), 2^(k+2).
-   UniP-1 is DDIM and UniP-2 with bh2 is DPM-Solver++(2M), to rounding.
+   UniP-1 is DDIM, UniP-2 with bh2 is DPM-Solver++(2M) and UniP-3 is DPM-Solver++(3M)
+   (either variant: its rhos are solved for, so B(h) cancels), to rounding.
 2. Global orders against test_fast_samplers' dopri8 reference (float64), as there: the
    error at N = 100 and 400 gives p within 0.2. Measured (VP, RMS
    over 32 paths, local slopes N = 25 .. 800):
@@ -15,14 +16,14 @@ of an exact mixture, and the registry entry.
      UniP-2 alone       1.86 1.88 1.95 1.98 1.99 -> 2 (= DPM-Solver++(2M))
      UniPC-3 (either)   3.88 4.90 2.78 3.55 3.82
      UniP-3 alone       2.75 3.19 3.27 3.19 3.11
-   (VE the same to 0.1.) UniP-3 alone is third order where DPM-Solver++(3M), with the same
-   warm-up, falls to 2 (2.55 2.30 2.11 at N = 50 .. 400): the 3M of Lu et al.'s code, and
-   of `fast.dpmpp_multistep`, weights its D2 term by half; doubled, it is UniP-3 to
-   rounding. UniPC-k is of order k + 1 for k = 1, 2. UniPC-3's steps are of
-   local order 5, but its first (warm-up) step is UniC-1, of local order 3, so it is
-   globally of order 3 only; that step is at high noise, where errors are damped on the
-   way to eps, so its h^3 term is small and the slopes wander between 3 and 4 over this
-   range; it is checked to be at least 3, and far more accurate than UniPC-2.
+   (VE the same to 0.1.) UniP-3 alone is DPM-Solver++(3M) (see 1), third order; the 3M of
+   Lu et al.'s code, which weights its D2 term by half, falls to 2 (2.55 2.30 2.11 at
+   N = 50 .. 400; `fast._taylor_terms`). UniPC-k is of order k + 1 for k = 1, 2.
+   UniPC-3's steps are of local order 5, but its first (warm-up) step is UniC-1, of
+   local order 3, so it is globally of order 3 only; that step is at high noise, where
+   errors are damped on the way to eps, so its h^3 term is small and the slopes wander
+   between 3 and 4 over this range; it is checked to be at least 3, and far more
+   accurate than UniPC-2.
 3. The corrector improves the same predictor at equal NFE, at 10 steps too.
 4. Samples at 15 NFE against the exact target, within what the sample size explains
    (test_samplers' checks).
@@ -111,9 +112,11 @@ def test_local_orders(x64):
         assert np.all(np.abs(slopes - expected) < 0.3), (case, e, slopes)
 
 
-def test_predictor_is_ddim_and_dpm_solver_2m(x64):
-    """UniP-1 is DDIM; UniP-2 with B(h) = e^h - 1 is DPM-Solver++(2M) (and DPM-Solver-2M
-    in noise prediction), with a non-uniform step ratio."""
+def test_predictor_is_ddim_and_dpm_solver_multistep(x64):
+    """UniP-1 is DDIM; UniP-2 with B(h) = e^h - 1 is DPM-Solver++(2M) and UniP-3 is
+    DPM-Solver++(3M) (and DPM-Solver-2M, -3M in noise prediction), with non-uniform step
+    ratios. Both are exact for m quadratic in lambda: the same coefficients (with Lu et
+    al.'s D2, half the second derivative, 3M differs from UniP-3 by 0.05-0.07 here)."""
     times = tuple(jnp.asarray(t) for t in (0.9, 0.6, 0.45, 0.2))
     ms = tuple(jnp.asarray([[1.0 + i, -0.5 * i]]) for i in range(3))
     x = jnp.asarray([[0.3, 0.8]])
@@ -122,7 +125,7 @@ def test_predictor_is_ddim_and_dpm_solver_2m(x64):
     def both():
         pairs = []
         for predict_x0, ref in ((True, fast.dpmpp_multistep), (False, fast.dpm_multistep)):
-            for order in (1, 2):
+            for order in (1, 2, 3):
                 coeffs = unipc.unipc_coefficients(LOCAL_SDE, times, order=order, bh1=False, predict_x0=predict_x0)
                 pairs.append((unipc.unipc_update(coeffs, x, ms), ref(LOCAL_SDE, x, times, ms, order)))
         return pairs

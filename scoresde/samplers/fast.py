@@ -216,34 +216,55 @@ def _difference(sde, p_prev, p, m_prev, m, h):
     return r, (m - m_prev) / r
 
 
+def _taylor_terms(sde, times, ms, h):
+    """D1 = h m'(lambda_0) + O(h^3) and D2 = h^2 m''(lambda_0) + O(h^3), the derivatives
+    in lambda of the prediction m at p0 = times[2] from ms = (m2, m1, m0) at times[:3].
+
+    With r0 h, r1 h the last two lambda gaps, D1_0 = (m0 - m1)/r0 = h m' - r0 h^2 m''/2 +
+    O(h^3) and D1_1 = (m1 - m2)/r1 = h m' - (2 r0 + r1) h^2 m''/2 + O(h^3), so
+    D1_0 - D1_1 = (r0 + r1) h^2 m''/2 + O(h^3): the second derivative is twice their
+    divided difference. Lu et al.'s multistep code (and k-diffusion's, diffusers') omits
+    that 2, which halves the h^3 phi_3 m'' term, a local error of O(h^3): their 3M is
+    only second order. (Their singlestep 'taylor' update has the 2.)
+    """
+    r0, D1_0 = _difference(sde, times[1], times[2], ms[1], ms[2], h)
+    r1, D1_1 = _difference(sde, times[0], times[1], ms[0], ms[1], h)
+    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
+    D2 = 2.0 * (D1_0 - D1_1) / (r0 + r1)
+    return D1, D2
+
+
 def dpmpp_multistep(sde, x, times, ms, order):
-    """DPM-Solver++(kM), data prediction (Lu et al. 2022b, Algorithm 2; 3M as their code).
+    """DPM-Solver++(kM), data prediction (Lu et al. 2022b, Algorithm 2; 3M after their code).
 
     times = (p2, p1, p0, t): the last three grid times and the target t; ms = (m2, m1, m0)
-    the data predictions at p2, p1, p0. With phi_1 = e^{-h} - 1:
+    the data predictions at p2, p1, p0. With phi_1 = e^{-h} - 1, phi_2 = phi_1/h + 1,
+    phi_3 = phi_2/h - 1/2 and D1 ~ h m', D2 ~ h^2 m'' (`_taylor_terms`):
       2M: x_t = (sigma_t/sigma_0) x - alpha_t phi_1 m0 - alpha_t phi_1 D1_0 / 2,
-      3M: x_t = (sigma_t/sigma_0) x - alpha_t (phi_1 m0 - phi_2 D1 + phi_3 D2).
+      3M: x_t = (sigma_t/sigma_0) x - alpha_t (phi_1 m0 - phi_2 D1 + phi_3 D2),
+    the exponential integrator of m's Taylor expansion in lambda to second order. 3M's D2
+    is twice that of Lu et al.'s code, which makes it third order (theirs is second).
     """
     p0, t, m0 = times[2], times[3], ms[2]
     if order == 1:
         return ddim_data(sde, x, p0, t, m0)
     (_, sigma_0), (alpha_t, sigma_t), h = _step_coeffs(sde, p0, t)
-    r0, D1_0 = _difference(sde, times[1], p0, ms[1], m0, h)
     lin, phi_1 = sigma_t / sigma_0 * x, jnp.expm1(-h)
     if order == 2:
+        _, D1_0 = _difference(sde, times[1], p0, ms[1], m0, h)
         return lin - alpha_t * phi_1 * m0 - 0.5 * alpha_t * phi_1 * D1_0
-    r1, D1_1 = _difference(sde, times[0], times[1], ms[0], ms[1], h)
-    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
-    D2 = (D1_0 - D1_1) / (r0 + r1)
+    D1, D2 = _taylor_terms(sde, times, ms, h)
     phi_2 = phi_1 / h + 1.0
     phi_3 = phi_2 / h - 0.5
     return lin - alpha_t * phi_1 * m0 + alpha_t * phi_2 * D1 - alpha_t * phi_3 * D2
 
 
 def dpm_multistep(sde, x, times, ms, order):
-    """Multistep DPM-Solver-k, noise prediction (Lu et al. 2022b, Appendix; their code).
+    """Multistep DPM-Solver-k, noise prediction (Lu et al. 2022b, Appendix; their code,
+    with 3M's D2 doubled as in `dpmpp_multistep`).
 
-    As `dpmpp_multistep` with ms the noise predictions and phi_1 = e^h - 1:
+    As `dpmpp_multistep` with ms the noise predictions, phi_1 = e^h - 1, phi_2 = phi_1/h - 1
+    and phi_3 = phi_2/h - 1/2:
       2M: x_t = (alpha_t/alpha_0) x - sigma_t phi_1 m0 - sigma_t phi_1 D1_0 / 2,
       3M: x_t = (alpha_t/alpha_0) x - sigma_t (phi_1 m0 + phi_2 D1 + phi_3 D2).
     """
@@ -251,13 +272,11 @@ def dpm_multistep(sde, x, times, ms, order):
     if order == 1:
         return ddim_noise(sde, x, p0, t, m0)
     (alpha_0, _), (alpha_t, sigma_t), h = _step_coeffs(sde, p0, t)
-    r0, D1_0 = _difference(sde, times[1], p0, ms[1], m0, h)
     lin, phi_1 = alpha_t / alpha_0 * x, jnp.expm1(h)
     if order == 2:
+        _, D1_0 = _difference(sde, times[1], p0, ms[1], m0, h)
         return lin - sigma_t * phi_1 * m0 - 0.5 * sigma_t * phi_1 * D1_0
-    r1, D1_1 = _difference(sde, times[0], times[1], ms[0], ms[1], h)
-    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
-    D2 = (D1_0 - D1_1) / (r0 + r1)
+    D1, D2 = _taylor_terms(sde, times, ms, h)
     phi_2 = phi_1 / h - 1.0
     phi_3 = phi_2 / h - 0.5
     return lin - sigma_t * phi_1 * m0 - sigma_t * phi_2 * D1 - sigma_t * phi_3 * D2
