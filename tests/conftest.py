@@ -12,6 +12,14 @@ import os
 # float semantics are the same (no fast math either way). Set before any backend starts, so
 # subprocesses (the CLI tests) inherit it; the library's own runs keep XLA's default.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# Many tests (and the CLI's subprocesses) compile the same programs: JAX's persistent cache,
+# shared by the workers, compiles each once per run. A fresh folder per run (under the
+# checkout, ignored by git), so that a test never depends on what an earlier run cached.
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest-jax-cache",
+                      os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid())))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +48,12 @@ def count_compiles():
             counts[_EVENTS[event]] += 1
 
     jax.monitoring.register_event_duration_secs_listener(listener)
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # a cache hit would not count
     try:
         yield counts
     finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
