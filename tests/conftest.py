@@ -7,16 +7,18 @@ Fixtures are found by pytest; the helpers are imported by the test files with
 import contextlib
 import functools
 import os
+import shutil
 
 # The suite is compile-bound: XLA's CPU backend at LLVM -O0 compiles about twice as fast, and
 # float semantics are the same (no fast math either way). Set before any backend starts, so
 # subprocesses (the CLI tests) inherit it; the library's own runs keep XLA's default.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 # Many tests (and the CLI's subprocesses) compile the same programs: JAX's persistent cache,
-# shared by the workers, compiles each once per run. A fresh folder per run (under the
-# checkout, ignored by git), so that a test never depends on what an earlier run cached.
+# shared by the workers, compiles each once per run. A fresh folder per run (named by the
+# main pytest process, the workers' parent; under the checkout, ignored by git), so that a
+# test never depends on what an earlier run cached.
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest-jax-cache",
-                      os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid())))
+                      str(os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -27,6 +29,11 @@ import numpy as np
 import pytest
 
 from scoresde import analytic, sde_lib
+
+def pytest_sessionfinish(session):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the main process: the run's cache goes
+        shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 _EVENTS = {"/jax/core/compile/backend_compile_duration": "backend", "/jax/core/compile/jaxpr_trace_duration": "trace"}
 
