@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from scoresde import data, models, sde_lib
+from scoresde import data, losses, models, sde_lib
 from scoresde import workdir as workdir_lib
 from scoresde.errors import UserError
 from scoresde.models.registry import model_kwargs
+from scoresde.score import SIGMA_DATA
 from scoresde.workdir import config_path, load_config, save_config
 
 
@@ -264,7 +265,15 @@ def train_kwargs(config) -> dict:
             parameterization=config.model.get("parameterization"),
             condition=None if table is None else (lambda batch: table[batch["label"]]),
             p_uncond=t.get("p_uncond", 0.0),
+            loss=t.get("loss", "dsm"),
+            min_snr_gamma=t.get("min_snr_gamma", 0.0),
+            t_sampling=t.get("t_sampling", "uniform"),
+            sigma_data=config.model.get("sigma_data", SIGMA_DATA),
+            p_mean=t.get("p_mean", losses.EDM_P_MEAN),
+            p_std=t.get("p_std", losses.EDM_P_STD),
         )
+    elif t.get("loss", "dsm") != "dsm":
+        raise UserError(f"training.loss={t.loss!r} applies to score models, not to a {objective}.")
     try:
         schedule = train.Schedule(
             n_iters=t.n_iters, n_jitted_steps=t.n_jitted_steps, log_freq=t.log_freq, eval_freq=t.eval_freq,
@@ -373,11 +382,15 @@ def load_score_fn(workdir: str, step: int | None = None):
         raise UserError(f"{workdir!r} holds a {config.training.objective}, not a score model.")
     sde, model = sde_from_config(config), model_from_config(config)
     params, step = load_ema_params(workdir, config, step)
-    score_fn = models.get_score_fn(
+    return config, sde, network_score(config, sde, model, params), step
+
+
+def network_score(config, sde, model, params) -> models.NetworkScore:
+    """The score model of a config's network with `params` (its parameterization and time labels)."""
+    return models.get_score_fn(
         sde, model, params, train=False, continuous=config.training.continuous,
-        parameterization=config.model.get("parameterization"),
+        parameterization=config.model.get("parameterization"), sigma_data=config.model.get("sigma_data", SIGMA_DATA),
     )
-    return config, sde, score_fn, step
 
 
 def to_unit_range(x, config):
@@ -527,8 +540,7 @@ def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = Tru
     nrow = len(table) if table is not None and is_image_data(config) else None
 
     def on_snapshot(state, step):
-        score = models.get_score_fn(sde, model, state.ema_params, continuous=config.training.continuous,
-                                    parameterization=config.model.get("parameterization"))
+        score = network_score(config, sde, model, state.ema_params)
         if table is not None:  # a column per class
             score = guidance.condition(score, table[np.arange(num) % len(table)])
         try:

@@ -19,7 +19,29 @@ Randomness: `key` is split into three, `k_t, k_z, k_dropout = jax.random.split(k
   descending sigma ladder, || score - (-noise / sigma_i^2) ||^2 * sigma_i^2.
 - `get_ddpm_loss_fn`: DDPM's loss for VP SDEs: index i ~ U{0..N-1},
   x_i = sqrt(abar_i) x + sqrt(1 - abar_i) noise, || output - noise ||^2.
-- `get_loss_fn`: the reference's choice between them (`training.continuous`).
+- `get_loss_fn`: the reference's choice between them (`training.continuous`), or one of
+  the continuous objectives below (`training.loss`).
+
+Objectives (`get_objective`): each is (how t is drawn, the regression target, its
+weighting), and every one is a loss on the network's *score*: the score is turned into
+the target's parameterization exactly (`score.score_to_output`; whatever the network
+outputs, `model.parameterization`) and compared with its value at (x0, z)
+(`score.output_target`):
+
+- `dsm`: the reference's, above: t ~ U(eps, T), target eps (weight 1) or, with likelihood
+  weighting, the score (weight g(t)^2); `min_snr_gamma` weights eps by min(SNR, gamma)/SNR.
+- `edm` (Karras et al. 2022): ln sigma~ ~ N(p_mean, p_std^2) (-1.2, 1.2), t = sigma_to_t(sigma~)
+  (any SDE: sigma~ = std/s is its noise-to-signal ratio), target x0 (EDM's denoiser
+  D = E[x0 | x]) with lambda(sigma~) = (sigma~^2 + sigma_data^2) / (sigma~ sigma_data)^2.
+- `flow_matching` (Lipman et al. 2022, Liu et al. 2022): t ~ U(eps, T) (or logit-normal),
+  target the velocity ds/dt x0 + dstd/dt z, weight 1.
+- `v` (Salimans & Ho 2022): target v = s z - std x0, weight 1, or with `min_snr_gamma`
+  (Hang et al. 2023) min(SNR, gamma) in x0 terms: min(SNR, gamma) std^2 / (s^2 + std^2)^2,
+  which is min(SNR, gamma) / (SNR + 1) on VP paths (s^2 + std^2 = 1). SNR = s^2 / std^2.
+
+Since each target is affine in E[eps | x] with the same coefficients for the prediction
+and the truth, every objective is w(t) c(t)^2 ||eps_hat - z||^2 for a known c(t): they
+differ only in where t is drawn and how the noise levels are weighted.
 - `get_classifier_loss_fn`: cross-entropy of a noise-conditional classifier on
   x(t) = s(t) x + sigma(t) z, t ~ U(eps, T), for classifier guidance.
 
@@ -32,6 +54,7 @@ one network learns s(x, t, y) and s(x, t, None) for classifier-free guidance.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -41,7 +64,15 @@ import numpy as np
 
 from scoresde import sde_lib
 from scoresde.conditioning import drop_condition
-from scoresde.score import get_score_fn, noise_labels
+from scoresde.score import (
+    SIGMA_DATA,
+    check_network,
+    default_parameterization,
+    get_score_fn,
+    noise_labels,
+    output_target,
+    score_to_output,
+)
 from scoresde.sde_lib import batch_broadcast
 
 LossFn = Callable[[object, jax.Array, object], jax.Array]
@@ -87,40 +118,121 @@ class SplitLoss:
         return jnp.mean(self.per_example(params, batch, noise, k_dropout))
 
 
-def get_sde_loss_fn(
+LOSSES = ("dsm", "edm", "flow_matching", "v")
+T_SAMPLINGS = ("uniform", "logit_normal")
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # EDM's log-normal distribution of sigma in training
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A training objective on the score (module docstring): `sample_t(key, n, dtype) -> t (n,)`,
+    the `target` parameterization that is regressed, and `weight(t, s, std) -> (B,)` (None: 1)."""
+
+    name: str
+    sample_t: Callable
+    target: str
+    weight: Callable | None = None
+
+
+def _positive(name, value):
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+
+
+def get_objective(
+    loss: str,
+    sde: sde_lib.SDE,
+    *,
+    eps: float = 1e-5,
+    likelihood_weighting: bool = False,
+    min_snr_gamma: float = 0.0,
+    t_sampling: str = "uniform",
+    sigma_data: float = SIGMA_DATA,
+    p_mean: float = EDM_P_MEAN,
+    p_std: float = EDM_P_STD,
+) -> Objective:
+    """The `Objective` named `loss` (one of `LOSSES`) on `sde`; one-line ValueErrors for
+    settings that do not apply to it. `min_snr_gamma` 0 is off; `t_sampling` 'logit_normal'
+    draws t = eps + (T - eps) sigmoid(n), n ~ N(0, 1) (Esser et al. 2024), for all but edm."""
+    if loss not in LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; valid: {', '.join(LOSSES)}.")
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"Unknown t_sampling {t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}.")
+    if likelihood_weighting and loss != "dsm":
+        raise ValueError(f"likelihood_weighting applies to the 'dsm' loss only, not to {loss!r} (its own weighting).")
+    if min_snr_gamma != 0:
+        _positive("min_snr_gamma (0 = off)", min_snr_gamma)
+        if loss not in ("dsm", "v") or likelihood_weighting:
+            raise ValueError(f"min_snr_gamma weights the 'dsm' (eps, without likelihood weighting) and 'v' losses, "
+                             f"not {'likelihood-weighted dsm' if likelihood_weighting else repr(loss)}.")
+    gamma = float(min_snr_gamma)
+
+    def snr(scale, std):
+        return (scale / std) ** 2
+
+    if loss == "edm":
+        if t_sampling != "uniform":
+            raise ValueError("The 'edm' loss draws ln sigma ~ N(p_mean, p_std^2); t_sampling must be 'uniform'.")
+        _positive("sigma_data", sigma_data)
+        _positive("p_std", p_std)
+        if not (isinstance(p_mean, (int, float)) and math.isfinite(p_mean)):
+            raise ValueError(f"p_mean must be a finite number, got {p_mean!r}.")
+
+        def sample_t(key, n, dtype):
+            sigma = jnp.exp(p_mean + p_std * jax.random.normal(key, (n,), dtype))
+            return jnp.asarray(sde.sigma_to_t(sigma), dtype)
+
+        def edm_weight(t, scale, std):  # lambda(sigma~) at the path's own sigma~ = std/s at t
+            sigma = std / scale
+            return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+        return Objective(loss, sample_t, "x0", edm_weight)
+
+    def sample_t(key, n, dtype):
+        if t_sampling == "uniform":
+            return jax.random.uniform(key, (n,), dtype, minval=eps, maxval=sde.T)
+        return eps + (sde.T - eps) * jax.nn.sigmoid(jax.random.normal(key, (n,), dtype))
+
+    if loss == "flow_matching":
+        return Objective(loss, sample_t, "velocity")
+    if loss == "v":
+        if not gamma:
+            return Objective(loss, sample_t, "v")
+        # min(SNR, gamma) ||x0_hat - x0||^2 = that * std^2 / (s^2 + std^2)^2 ||v_hat - v||^2.
+        return Objective(loss, sample_t, "v",
+                         lambda t, scale, std: jnp.minimum(snr(scale, std), gamma) * std**2 / (scale**2 + std**2) ** 2)
+    if likelihood_weighting:  # ||score + z/std||^2 g(t)^2 (g depends on t only)
+        return Objective(loss, sample_t, "score",
+                         lambda t, scale, std: sde.sde(jnp.zeros((t.shape[0], 1), t.dtype), t)[1] ** 2)
+    if gamma:  # min(SNR, gamma) ||x0_hat - x0||^2 = min(SNR, gamma) / SNR ||eps_hat - z||^2
+        return Objective(loss, sample_t, "eps",
+                         lambda t, scale, std: jnp.minimum(snr(scale, std), gamma) / snr(scale, std))
+    return Objective(loss, sample_t, "eps")
+
+
+def get_objective_loss_fn(
     sde: sde_lib.SDE,
     model: nn.Module,
     train: bool,
+    objective: Objective,
     reduce_mean: bool = True,
     continuous: bool = True,
-    likelihood_weighting: bool = True,
-    eps: float = 1e-5,
     parameterization: str | None = None,
     condition: Callable | None = None,
     p_uncond: float = 0.0,
-) -> LossFn:
-    """Continuous-time denoising score matching (the reference's `get_sde_loss_fn`).
-
-    Args:
-      sde: the forward SDE.
-      model: a Flax module `model.apply({"params": p}, x, labels, train=..., rngs=...)`.
-      train: training loss (dropout on) or evaluation loss.
-      reduce_mean: average over data dimensions; otherwise half their sum.
-      continuous: whether the network takes continuous time labels (see `get_score_fn`).
-      likelihood_weighting: weight by g(t)^2 (Song et al. 2021, "maximum likelihood
-        training"); otherwise lambda(t) = sigma(t)^2.
-      eps: smallest time sampled.
-      parameterization: what the network outputs (default: the reference's choice).
-      condition: `condition(batch) -> y` for a conditional network, else None.
-      p_uncond: probability of training an example on the null condition.
-    """
+    sigma_data: float = SIGMA_DATA,
+) -> SplitLoss:
+    """The loss of an `Objective`, per example weight(t) ||F(score) - F(x0, z)||^2, F its
+    target parameterization, x(t) = s(t) x0 + sigma(t) z (see `get_sde_loss_fn` for the
+    other arguments; sigma_data is the 'edm' parameterization's)."""
     reduce_op = _reduce_op(reduce_mean)
+    check_network(model, parameterization or default_parameterization(sde), continuous)
 
     def draw(key, batch):
         """The batch's randomness: per-example times t, noise z and condition y, and the dropout key."""
         data = batch_images(batch)
         k_t, k_z, k_dropout = jax.random.split(key, 3)
-        t = jax.random.uniform(k_t, (data.shape[0],), data.dtype, minval=eps, maxval=sde.T)
+        t = objective.sample_t(k_t, data.shape[0], data.dtype)
         z = jax.random.normal(k_z, data.shape, data.dtype)
         y = batch_condition(condition, p_uncond if train else 0.0, key, batch)
         return {"t": t, "z": z, "y": y}, k_dropout
@@ -138,14 +250,55 @@ def get_sde_loss_fn(
             continuous=continuous,
             parameterization=parameterization,
             dropout_rng=k_dropout if train else None,
+            sigma_data=sigma_data,
         )
         score = score_fn(perturbed, t) if y is None else score_fn(perturbed, t, y)
-        if not likelihood_weighting:
-            return reduce_op(_flat(jnp.square(score * batch_broadcast(std, score) + z)))
-        g2 = sde.sde(jnp.zeros_like(data), t)[1] ** 2
-        return reduce_op(_flat(jnp.square(score + z / batch_broadcast(std, z)))) * g2
+        derivatives = {}
+        if objective.target == "velocity":
+            scale, std, dscale, dstd = sde.coeffs_and_derivatives(jnp.asarray(t, data.dtype))
+            derivatives = dict(dscale=dscale, dstd=dstd)
+        else:
+            scale, std = sde.marginal_coeffs(jnp.asarray(t, data.dtype))
+        coeffs = dict(derivatives, sigma_data=sigma_data)
+        prediction = score_to_output(score, perturbed, scale, std, objective.target, **coeffs)
+        target = output_target(data, z, scale, std, objective.target, **coeffs)
+        losses = reduce_op(_flat(jnp.square(prediction - target)))
+        return losses if objective.weight is None else losses * objective.weight(t, scale, std)
 
     return SplitLoss(draw, per_example)
+
+
+def get_sde_loss_fn(
+    sde: sde_lib.SDE,
+    model: nn.Module,
+    train: bool,
+    reduce_mean: bool = True,
+    continuous: bool = True,
+    likelihood_weighting: bool = True,
+    eps: float = 1e-5,
+    parameterization: str | None = None,
+    condition: Callable | None = None,
+    p_uncond: float = 0.0,
+) -> LossFn:
+    """Continuous-time denoising score matching (the reference's `get_sde_loss_fn`): the
+    'dsm' objective, per example ||score sigma + z||^2 or ||score + z/sigma||^2 g(t)^2.
+
+    Args:
+      sde: the forward SDE.
+      model: a Flax module `model.apply({"params": p}, x, labels, train=..., rngs=...)`.
+      train: training loss (dropout on) or evaluation loss.
+      reduce_mean: average over data dimensions; otherwise half their sum.
+      continuous: whether the network takes continuous time labels (see `get_score_fn`).
+      likelihood_weighting: weight by g(t)^2 (Song et al. 2021, "maximum likelihood
+        training"); otherwise lambda(t) = sigma(t)^2.
+      eps: smallest time sampled.
+      parameterization: what the network outputs (default: the reference's choice).
+      condition: `condition(batch) -> y` for a conditional network, else None.
+      p_uncond: probability of training an example on the null condition.
+    """
+    objective = get_objective("dsm", sde, eps=eps, likelihood_weighting=likelihood_weighting)
+    return get_objective_loss_fn(sde, model, train, objective, reduce_mean, continuous, parameterization,
+                                 condition, p_uncond)
 
 
 def get_smld_loss_fn(vesde: sde_lib.VESDE, model: nn.Module, train: bool, reduce_mean: bool = False) -> LossFn:
@@ -213,27 +366,31 @@ def get_loss_fn(
     parameterization: str | None = None,
     condition: Callable | None = None,
     p_uncond: float = 0.0,
+    loss: str = "dsm",
+    min_snr_gamma: float = 0.0,
+    t_sampling: str = "uniform",
+    sigma_data: float = SIGMA_DATA,
+    p_mean: float = EDM_P_MEAN,
+    p_std: float = EDM_P_STD,
 ) -> LossFn:
     """The reference's choice (`get_step_fn`): the SDE loss if `continuous`, else SMLD
     for VE and DDPM for VP SDEs. Defaults are the reference config's
     (`training.reduce_mean=False`, `continuous=True`, `likelihood_weighting=False`).
-    Conditional training (`condition`, `p_uncond`) needs the continuous loss.
+    Conditional training (`condition`, `p_uncond`) needs the continuous loss, and so do the
+    objectives `loss` (`get_objective`: dsm, edm, flow_matching, v) and their options.
     """
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}.")
     if continuous:
-        return get_sde_loss_fn(
-            sde,
-            model,
-            train,
-            reduce_mean=reduce_mean,
-            continuous=True,
-            likelihood_weighting=likelihood_weighting,
-            eps=eps,
-            parameterization=parameterization,
-            condition=condition,
-            p_uncond=p_uncond,
+        objective = get_objective(
+            loss, sde, eps=eps, likelihood_weighting=likelihood_weighting, min_snr_gamma=min_snr_gamma,
+            t_sampling=t_sampling, sigma_data=sigma_data, p_mean=p_mean, p_std=p_std,
         )
+        return get_objective_loss_fn(sde, model, train, objective, reduce_mean, True, parameterization,
+                                     condition, p_uncond, sigma_data)
+    if loss != "dsm" or min_snr_gamma or t_sampling != "uniform":
+        raise ValueError(f"The {loss!r} loss (min_snr_gamma, t_sampling) needs the continuous loss: set "
+                         "training.continuous=True.")
     if condition is not None:
         raise ValueError("Conditional training needs the continuous loss: set training.continuous=True.")
     if likelihood_weighting:

@@ -14,9 +14,20 @@ working: `as_score_model` wraps them in a `ScoreFunction`, whose function is sta
 so they compile once per function object, as before.
 
 `NetworkScore` is the bridge from a network to a score, with EDM-style preconditioning
-(Karras et al. 2022) in one place: the network sees c_in x = x and the noise label
-c_noise(t) (`noise_labels`, the reference's), and its output F becomes the score by
-its parameterization, score = c_skip(t) x + c_out(t) F (`output_to_score`).
+(Karras et al. 2022) in one place: the network sees c_in(t) x and the noise label
+c_noise(t) (`network_inputs`: x and the reference's `noise_labels`, or EDM's c_in and
+c_noise), and its output F becomes the score by its parameterization, score =
+c_skip(t) x + c_out(t) F (`output_to_score`; `score_to_output` is its exact inverse and
+`output_target` the value a perfect network outputs, the losses' regression targets).
+
+Every conversion is exact for any linear Gaussian path x = s x0 + std eps (s, std the
+SDE's `marginal_coeffs`; ds/dt, d std/dt from `coeffs_and_derivatives`):
+
+    score     F = grad log p_t(x)                     eps       F = E[eps | x]
+    x0        F = E[x0 | x]                           v         F = s eps - std x0 (Salimans & Ho)
+    velocity  F = ds/dt x0 + d std/dt eps = dx/dt     (flow matching; E[. | x] of each)
+    edm       D = c_skip x~ + c_out F = E[x0 | x] with x~ = x/s and EDM's Table 1 at
+              sigma~ = std/s (`edm_preconditioning`); the network sees c_in x~, c_noise.
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ import numpy as np
 from scoresde import sde_lib
 from scoresde.sde_lib import batch_broadcast
 
-PARAMETERIZATIONS = ("score", "eps", "x0", "v")
+PARAMETERIZATIONS = ("score", "eps", "x0", "v", "velocity", "edm")
+SIGMA_DATA = 0.5  # EDM's sigma_data: the data's standard deviation assumed by its preconditioning
 
 
 def static_field(**kwargs):
@@ -110,14 +122,49 @@ def check_parameterization(parameterization: str) -> None:
         raise ValueError(f"Unknown parameterization {parameterization!r}; valid: {', '.join(PARAMETERIZATIONS)}.")
 
 
-def output_to_score(output, x, scale, std, parameterization: str):
-    """The score from a network output F, for x = scale x0 + std eps (scale, std `(B,)`).
+def check_network(module, parameterization: str, continuous: bool = True) -> None:
+    """One-line ValueErrors for a network that cannot take a parameterization's inputs:
+    'edm' feeds c_noise = ln(sigma)/4 (negative for sigma < 1), which a network taking
+    log(label) (embedding_type 'fourier') or dividing by sigma(label) (scale_by_sigma)
+    cannot read; 'edm' and 'velocity' need continuous time."""
+    check_parameterization(parameterization)
+    if parameterization in ("edm", "velocity") and not continuous:
+        raise ValueError(f"parameterization {parameterization!r} needs continuous time labels "
+                         "(training.continuous=True).")
+    fourier = str(getattr(module, "embedding_type", "positional")).lower() == "fourier"
+    if parameterization == "edm" and (fourier or getattr(module, "scale_by_sigma", False)):
+        raise ValueError("parameterization 'edm' feeds the network c_noise = ln(sigma)/4: it needs "
+                         "model.embedding_type='positional' and model.scale_by_sigma=False.")
+
+
+def edm_preconditioning(sigma, sigma_data: float = SIGMA_DATA):
+    """EDM's c_skip, c_out, c_in, c_noise at noise level sigma (Karras et al. 2022, Table 1):
+    sigma_data^2 / (sigma^2 + sigma_data^2), sigma sigma_data / sqrt(sigma^2 + sigma_data^2),
+    1 / sqrt(sigma^2 + sigma_data^2), ln(sigma) / 4."""
+    r2 = sigma**2 + sigma_data**2
+    return sigma_data**2 / r2, sigma * sigma_data / jnp.sqrt(r2), 1.0 / jnp.sqrt(r2), 0.25 * jnp.log(sigma)
+
+
+def _check_derivatives(parameterization, dscale, dstd):
+    if parameterization == "velocity" and (dscale is None or dstd is None):
+        raise ValueError("The velocity parameterization needs dscale and dstd (the path's ds/dt, d std/dt).")
+
+
+def output_to_score(output, x, scale, std, parameterization: str, *, dscale=None, dstd=None,
+                    sigma_data: float = SIGMA_DATA):
+    """The score from a network output F, for x = scale x0 + std eps (scale, std `(B,)`;
+    dscale, dstd their time derivatives, for 'velocity'). Each is exact (module docstring):
 
     score: F (c_skip = 0, c_out = 1);  eps: -F/std (c_skip = 0, c_out = -1/std);
     x0: (scale F - x)/std^2 (c_skip = -1/std^2, c_out = scale/std^2);
-    v = scale eps - std x0: score = -(std x + scale F) / ((scale^2 + std^2) std).
+    v = scale eps - std x0: score = -(std x + scale F) / ((scale^2 + std^2) std);
+    velocity u = dscale x0 + dstd eps: score = (dscale x - scale u) / (std (scale dstd - std dscale));
+    edm: with sigma~ = std/scale, x~ = x/scale, D = c_skip x~ + c_out F (Table 1):
+    score = (D - x~) / (scale sigma~^2), computed as (c_out F - (1 - c_skip) x~) / (scale sigma~^2)
+    (1 - c_skip = sigma~^2 / (sigma~^2 + sigma_data^2)), which does not cancel at small sigma~.
     """
     check_parameterization(parameterization)
+    _check_derivatives(parameterization, dscale, dstd)
     scale, std = batch_broadcast(scale, x), batch_broadcast(std, x)
     if parameterization == "score":
         return output
@@ -125,7 +172,70 @@ def output_to_score(output, x, scale, std, parameterization: str):
         return -output / std
     if parameterization == "x0":
         return (scale * output - x) / std**2
-    return -(std * x + scale * output) / ((scale**2 + std**2) * std)
+    if parameterization == "v":
+        return -(std * x + scale * output) / ((scale**2 + std**2) * std)
+    if parameterization == "velocity":
+        dscale, dstd = batch_broadcast(dscale, x), batch_broadcast(dstd, x)
+        # scale dstd - std dscale = scale^2 d(std/scale)/dt > 0 on any path whose std/scale increases.
+        return (dscale * x - scale * output) / (std * (scale * dstd - std * dscale))
+    sigma = std / scale
+    _, c_out, _, _ = edm_preconditioning(sigma, sigma_data)
+    r2 = sigma**2 + sigma_data**2
+    return (c_out * output - (sigma**2 / r2) * (x / scale)) / (scale * sigma**2)
+
+
+def _from_x0_eps(x0, eps, x, scale, std, parameterization, dscale, dstd, sigma_data):
+    """What a network of `parameterization` outputs where E[x0 | x] = x0 and E[eps | x] = eps."""
+    if parameterization == "score":
+        return -(eps / std)  # not (-eps) / std: the dsm loss then has the reference's bits under jit
+    if parameterization == "eps":
+        return eps
+    if parameterization == "x0":
+        return x0
+    if parameterization == "v":
+        return scale * eps - std * x0
+    if parameterization == "velocity":
+        return batch_broadcast(dscale, x0) * x0 + batch_broadcast(dstd, x0) * eps
+    c_skip, c_out, _, _ = edm_preconditioning(std / scale, sigma_data)
+    return (x0 - c_skip * (x / scale)) / c_out
+
+
+def score_to_output(score, x, scale, std, parameterization: str, *, dscale=None, dstd=None,
+                    sigma_data: float = SIGMA_DATA):
+    """The inverse of `output_to_score`: the output F a network of `parameterization` gives
+    this score at x (through Tweedie's E[eps | x] = -std score, E[x0 | x] = (x + std^2 score)/scale)."""
+    check_parameterization(parameterization)
+    _check_derivatives(parameterization, dscale, dstd)
+    scale_b, std_b = batch_broadcast(scale, x), batch_broadcast(std, x)
+    if parameterization == "score":
+        return score
+    eps = -std_b * score
+    x0 = (x - std_b * eps) / scale_b
+    return _from_x0_eps(x0, eps, x, scale_b, std_b, parameterization, dscale, dstd, sigma_data)
+
+
+def output_target(x0, eps, scale, std, parameterization: str, *, dscale=None, dstd=None,
+                  sigma_data: float = SIGMA_DATA):
+    """The regression target of `parameterization` for the example x = scale x0 + std eps: its
+    output at x were x0 and eps known (score -eps/std, eps, x0, v = scale eps - std x0, the
+    velocity dscale x0 + dstd eps, EDM's (x0 - c_skip x~)/c_out)."""
+    check_parameterization(parameterization)
+    _check_derivatives(parameterization, dscale, dstd)
+    scale_b, std_b = batch_broadcast(scale, x0), batch_broadcast(std, x0)
+    x = scale_b * x0 + std_b * eps if parameterization == "edm" else None
+    return _from_x0_eps(x0, eps, x, scale_b, std_b, parameterization, dscale, dstd, sigma_data)
+
+
+def network_inputs(sde: sde_lib.SDE, x, t, parameterization: str, continuous: bool = True,
+                   sigma_data: float = SIGMA_DATA):
+    """What the network sees at (x, t): (c_in x, c_noise). x and the reference's `noise_labels`,
+    except for 'edm': c_in(sigma~) x~ = x / (scale sqrt(sigma~^2 + sigma_data^2)) and
+    c_noise = ln(sigma~)/4, at sigma~ = std/scale (EDM's sigma in the frame x~ = x / scale)."""
+    if parameterization != "edm":
+        return x, noise_labels(sde, t, continuous)
+    scale, std = sde.marginal_coeffs(jnp.asarray(t, x.dtype))
+    _, _, c_in, c_noise = edm_preconditioning(std / scale, sigma_data)
+    return x * batch_broadcast(c_in / scale, x), c_noise
 
 
 @pytree_dataclass
@@ -149,16 +259,23 @@ class NetworkScore(ScoreModel):
     continuous: bool = static_field(default=True)
     train: bool = static_field(default=False)
     dropout_rng: jax.Array | None = None
+    sigma_data: float = static_field(default=SIGMA_DATA)
 
     def __call__(self, x, t, y=None):
-        labels = noise_labels(self.sde, t, self.continuous)
+        inputs, labels = network_inputs(self.sde, x, t, self.parameterization, self.continuous, self.sigma_data)
         condition = () if y is None else (y,)
         rngs = {} if self.dropout_rng is None else {"dropout": self.dropout_rng}
-        output = self.module.apply({"params": self.params}, x, labels, *condition, train=self.train, rngs=rngs)
-        scale, std = self.sde.marginal_coeffs(jnp.asarray(t, x.dtype))
+        output = self.module.apply({"params": self.params}, inputs, labels, *condition, train=self.train, rngs=rngs)
+        t = jnp.asarray(t, x.dtype)
+        dscale = dstd = None
+        if self.parameterization == "velocity":
+            scale, std, dscale, dstd = self.sde.coeffs_and_derivatives(t)
+        else:
+            scale, std = self.sde.marginal_coeffs(t)
         if not self.continuous and isinstance(self.sde, sde_lib.VariancePreserving):
             std = jnp.asarray(np.sqrt(1.0 - self.sde.alphas_cumprod), x.dtype)[labels.astype(jnp.int32)]
-        return output_to_score(output, x, scale, std, self.parameterization)
+        return output_to_score(output, x, scale, std, self.parameterization, dscale=dscale, dstd=dstd,
+                               sigma_data=self.sigma_data)
 
 
 def get_score_fn(
@@ -169,12 +286,14 @@ def get_score_fn(
     continuous: bool = True,
     parameterization: str | None = None,
     dropout_rng: jax.Array | None = None,
+    sigma_data: float = SIGMA_DATA,
 ) -> NetworkScore:
     """The `NetworkScore` of network `model` with `params`: `score(x, t, y=None) -> (B, ...)`.
 
-    `parameterization` overrides the reference's choice (`default_parameterization`).
+    `parameterization` overrides the reference's choice (`default_parameterization`);
+    `sigma_data` is EDM's (used by the 'edm' parameterization only).
     y, the condition, is passed to the network only when given.
     """
     parameterization = parameterization or default_parameterization(sde)
-    check_parameterization(parameterization)
-    return NetworkScore(params, model, sde, parameterization, continuous, train, dropout_rng)
+    check_network(model, parameterization, continuous)
+    return NetworkScore(params, model, sde, parameterization, continuous, train, dropout_rng, float(sigma_data))

@@ -93,6 +93,11 @@ class SDE(abc.ABC):
     def prior_logp(self, z):
         """Log-density of the prior at z `(B, ...)`, summed over all but the batch axis: `(B,)`."""
 
+    def coeffs_and_derivatives(self, t):
+        """(s, sigma, ds/dt, d sigma/dt), each `(B,)`; by autodiff unless overridden."""
+        (alpha, sigma), (dalpha, dsigma) = jax.jvp(self.marginal_coeffs, (t,), (jnp.ones_like(t),))
+        return alpha, sigma, dalpha, dsigma
+
     def marginal_prob(self, x, t):
         """Mean s(t) x `(B, ...)` and std sigma(t) `(B,)` of p_0t(x(t) | x(0) = x)."""
         t = jnp.asarray(t, x.dtype)
@@ -443,7 +448,7 @@ class LinearGaussianPath(SDE):
     when sigma(0) > 0, VE's convention). sigma/alpha must increase (so g^2 >= 0).
 
     Subclasses give `marginal_coeffs`, `T` and `eps` (the samplers' default last time);
-    the derivatives come from `coeffs_and_derivatives`, by `jax.jvp` unless overridden.
+    the derivatives come from `SDE.coeffs_and_derivatives`, by `jax.jvp` unless overridden.
     Prior N(0, sigma(T)^2 I): p_T up to alpha(T) x_0, so T must make alpha(T) small
     against sigma(T) (as for VP). The chain (`discretize`) is the exact kernel from
     s = max(t - T/N, 0) to t, so it is exact at T for every N:
@@ -452,11 +457,6 @@ class LinearGaussianPath(SDE):
     """
 
     eps: float
-
-    def coeffs_and_derivatives(self, t):
-        """(alpha, sigma, d alpha/dt, d sigma/dt), each `(B,)`; by autodiff unless overridden."""
-        (alpha, sigma), (dalpha, dsigma) = jax.jvp(self.marginal_coeffs, (t,), (jnp.ones_like(t),))
-        return alpha, sigma, dalpha, dsigma
 
     def drift_and_diffusion_sq(self, t):
         """f(t) = alpha'/alpha and g(t)^2 = 2 sigma (sigma' - f sigma), each `(B,)`."""

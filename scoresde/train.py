@@ -621,8 +621,8 @@ OBJECTIVES = {"score": losses_lib.get_loss_fn, "classifier": losses_lib.get_clas
 
 
 def objective_loss_fn(sde: sde_lib.SDE, model: nn.Module, objective: str, train: bool, **loss_kwargs):
-    """The loss of a training objective: "score" (denoising score matching,
-    `losses.get_loss_fn`) or "classifier" (a noise-conditional classifier for guidance,
+    """The loss of a training objective: "score" (a score model, `losses.get_loss_fn`: denoising
+    score matching or the objective its `loss` names) or "classifier" (a noise-conditional classifier for guidance,
     `losses.get_classifier_loss_fn`); `loss_kwargs` are that function's."""
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown training objective {objective!r}; valid: {', '.join(OBJECTIVES)}.")

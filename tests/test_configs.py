@@ -14,8 +14,11 @@ from scoresde.analytic import TOY_TARGETS
 ALL = configs.list_configs()
 IMAGE = [n for n in ALL if not n.startswith("toy_")]
 CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_classifier", "digits_ve_classifier", "digits_vp_color"]
+# The objective configs (tests/test_objectives.py): (training.sde, training.loss, model.parameterization).
+OBJECTIVE = {"digits_edm": ("edm", "edm", "edm"), "digits_fm": ("rectified_flow", "flow_matching", "velocity"),
+             "digits_v": ("vpsde", "v", "v")}
 TOYS = [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
-CPU = ["digits_vp", "digits_ve", "digits_dit"] + CONDITIONAL + TOYS
+CPU = ["digits_vp", "digits_ve", "digits_dit"] + CONDITIONAL + list(OBJECTIVE) + TOYS
 
 REFERENCE_NAMES = {
     "vp/cifar10_ddpmpp", "vp/cifar10_ddpmpp_continuous", "vp/cifar10_ddpmpp_deep_continuous",
@@ -47,8 +50,9 @@ def test_every_config_loads_locked_and_valid(name):
     # The toolkit's fields, in every config.
     assert config.model.name in ("ncsnpp", "ddpm", "dit", "mlp", "classifier")
     assert (config.model.name == "classifier") == (config.training.objective == "classifier")
-    assert config.model.parameterization is None
-    assert config.training.sde in ("vpsde", "subvpsde", "vesde")
+    sde, loss, parameterization = OBJECTIVE.get(name, (config.training.sde, "dsm", None))
+    assert (config.training.sde, config.training.loss, config.model.parameterization) == (sde, loss, parameterization)
+    assert config.training.sde in ("vpsde", "subvpsde", "vesde") or name in OBJECTIVE
     for key in ("method", "predictor", "corrector", "snr", "n_steps_each", "noise_removal"):
         assert key in config.sampling
     for key in ("batch_size", "num_samples", "bpd_dataset"):
@@ -258,6 +262,16 @@ def test_cpu_configs():
         c = configs.get_config(name)
         assert c.model.name == "mlp" and c.data.dim == 2 and c.data.dataset in TOY_TARGETS
         assert "image_size" not in c.data
+    # The objective variants change only the objective (its path, parameterization and snapshot sampler):
+    # ablate_objectives compares them at the same network, data, optimizer and schedule.
+    base = json.loads(vp.to_json())
+    objective_keys = {"training.sde", "training.loss", "training.min_snr_gamma", "model.parameterization",
+                      "model.sigma_min", "model.sigma_max", "sampling.method"}
+    for name in OBJECTIVE:
+        c = json.loads(configs.get_config(name).to_json())
+        changed = {f"{s}.{k}" for s, section in c.items() if isinstance(section, dict)
+                   for k, v in section.items() if v != base[s][k]}
+        assert set(c) == set(base) and changed <= objective_keys, (name, changed - objective_keys)
     # The conditional variants change only what they are about.
     cls, spell = configs.get_config("digits_vp_class"), configs.get_config("digits_vp_spelling")
     assert (cls.training.condition, cls.model.num_classes, cls.training.p_uncond) == ("class", 10, 0.1)

@@ -39,7 +39,8 @@ CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 # config.model keys that configure something other than the network: the SDE
 # (sigma_*, beta_*, num_scales), the EMA, the registry name and the output parameterization.
 NON_NETWORK_MODEL_KEYS = frozenset(
-    {"name", "parameterization", "ema_rate", "sigma_min", "sigma_max", "num_scales", "beta_min", "beta_max"}
+    {"name", "parameterization", "ema_rate", "sigma_min", "sigma_max", "num_scales", "beta_min", "beta_max",
+     "sigma_data"}
 )
 # Conditioning settings every config gets (`get_config` adds those a config file lacks):
 # what the run trains, what it conditions on, and the networks' conditioning fields.
@@ -59,6 +60,16 @@ MEMORY_DEFAULTS = {
     "model.remat": False,  # recompute each residual block in the backward pass
     "model.compute_dtype": "float32",  # "bfloat16": compute in bf16, parameters and optimizer in float32
 }
+# Training-loss settings every config gets (`losses.get_objective`): the loss of a score model
+# and its options, and EDM's sigma_data (of the 'edm' parameterization and the edm loss's weighting).
+LOSS_DEFAULTS = {
+    "training.loss": "dsm",  # or "edm", "flow_matching", "v"
+    "training.min_snr_gamma": 0.0,  # > 0: min-SNR-gamma weighting (Hang et al. 2023) of the dsm or v loss
+    "training.t_sampling": "uniform",  # or "logit_normal": t = eps + (T - eps) sigmoid(N(0, 1)) (not edm)
+    "training.p_mean": -1.2,  # the edm loss's ln sigma ~ N(p_mean, p_std^2)
+    "training.p_std": 1.2,
+    "model.sigma_data": 0.5,
+}
 OBJECTIVES = ("score", "classifier")
 CONDITIONS = ("none", "class", "spelling")
 OPTIMIZERS = ("Adam",)  # optim.optimizer: the reference's only choice (`experiment.train_kwargs`)
@@ -66,7 +77,7 @@ OPTIMIZERS = ("Adam",)  # optim.optimizer: the reference's only choice (`experim
 # read them all (the DDPM network has no embedding_type or fourier_scale, nor conditioning).
 DEFAULT_MODEL_KEYS = frozenset(
     {"dropout", "embedding_type", "fourier_scale"}
-    | {k.split(".")[1] for k in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS} if k.startswith("model.")}
+    | {k.split(".")[1] for k in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS, **LOSS_DEFAULTS} if k.startswith("model.")}
 )
 # Keys whose value may be None besides those holding None (checked by path, so that a config
 # read back from JSON, where placeholders are plain values, keeps them).
@@ -178,7 +189,7 @@ def get_config(name_or_path: str, lock: bool = True) -> ml_collections.ConfigDic
         raise ValueError(f"get_config() of {name_or_path!r} returned a {type(config).__name__}, not a ConfigDict.")
     if "name" not in config:
         config.name = name
-    for path, value in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS}.items():
+    for path, value in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS, **LOSS_DEFAULTS}.items():
         section, key = path.split(".")
         if section in config and key not in config[section]:
             config[section][key] = value
@@ -369,6 +380,10 @@ def _choices(path: str):
             return OBJECTIVES
         if path == "training.condition":
             return CONDITIONS
+        if path in ("training.loss", "training.t_sampling"):
+            from scoresde.losses import LOSSES, T_SAMPLINGS
+
+            return LOSSES if path == "training.loss" else T_SAMPLINGS
         if path == "optim.optimizer":
             return OPTIMIZERS
         if path == "sampling.method":
@@ -401,7 +416,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     (model.ch_mult=(1,2), model.attn_resolutions=()), and None is allowed where the
     field may be None (model.parameterization). Unknown keys fail with the closest
     existing key; enumerated fields (training.sde, model.name, sampling.predictor,
-    sampling.corrector, sampling.method, model.parameterization, optim.optimizer) must
+    sampling.corrector, sampling.method, model.parameterization, training.loss,
+    training.t_sampling, optim.optimizer) must
     name a valid choice.
     """
     if isinstance(overrides, str):
@@ -474,10 +490,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _check_choice(path, config[section][key])
         except ValueError as e:
             problems.append(str(e))
-    try:
-        _check_choice("model.parameterization", config.model.get("parameterization"))
-    except ValueError as e:
-        problems.append(str(e))
+    for path in ("model.parameterization", "training.loss", "training.t_sampling"):
+        section, key = path.split(".")
+        try:
+            _check_choice(path, config[section].get(key, LOSS_DEFAULTS.get(path)))
+        except ValueError as e:
+            problems.append(str(e))
     if not _dataset_ok(config.data.dataset):
         problems.append(f"config.data.dataset: unknown data set {config.data.dataset!r}")
     name = config.model.get("name")
