@@ -14,6 +14,10 @@ Part 2 (quality per NFE): every sampler at NFE in {10, 20, 50, 100, 1000} on a h
 
     python experiments/ablate_samplers.py --skip-defaults --out /tmp/few --nfes 6,8 --samplers unipc dpm_solver++
 
+Adaptive samplers (ode, adaptive_sde) run once per configuration whatever the NFE grid: to
+sweep one, give it several tolerances, e.g. 'adaptive_sde:{"rtol": 0.1}'. `--sde ve`
+runs everything on the VE SDE instead of VP.
+
 Writes <out>/ablate_defaults.{csv,md,png} and <out>/ablate_nfe.{csv,md,png}.
 """
 
@@ -112,9 +116,11 @@ def main():
                         help="part 2 only: these samplers (with options) instead of every one")
     parser.add_argument("--nfes", type=lambda s: [int(v) for v in s.split(",")], default=[10, 20, 50, 100, 1000],
                         help="part 2: comma-separated NFE budgets (default 10,20,50,100,1000)")
+    parser.add_argument("--sde", choices=["vp", "ve"], default="vp", help="the SDE (default vp)")
     args = parser.parse_args()
     key = jax.random.PRNGKey(0)
-    sde = sde_lib.VPSDE()
+    sde = sde_lib.VPSDE() if args.sde == "vp" else sde_lib.VESDE()
+    sde_name = args.sde.upper()
     dim = 16
     shape = (args.n, dim)
     where = machine()
@@ -135,7 +141,7 @@ def main():
             row["overhead_exact"] = row.pop("overhead")
             row["nfe_net"], row["wall_s_net"], row["overhead_net"] = net_row["nfe"], net_row["wall_s"], net_row["overhead"]
         notes = (
-            f"Machine: {where}. Target: 16-D mixture of 3 modes (weights 1:3:5), VP SDE, {args.n} samples.\n"
+            f"Machine: {where}. Target: 16-D mixture of 3 modes (weights 1:3:5), {sde_name} SDE, {args.n} samples.\n"
             f"Bare score evaluation at this batch, inside a compiled loop: exact GMM score "
             f"{cost_exact * 1e6:.1f} us, network-sized MLP score (width 256, 4 residual blocks) at batch {args.net_n}: {cost_net * 1e6:.1f} us.\n"
             "overhead = wall / (NFE x bare score time): the loop's cost beyond the score evaluations. "
@@ -161,7 +167,7 @@ def main():
         summary = ", ".join(f"{name} {nfe}" for name, nfe in sorted(first.items(), key=lambda kv: kv[1])) or "none"
         exact_note = f"Euler-Maruyama at NFE 1000 reaches fd_modes = {min(em):.4f}; exact" if em else "Exact"
         notes = (
-            f"Machine: {where}. Hard target: 16-D mixture of 4 modes (weights 1:3:5:7, 6 apart), VP SDE, "
+            f"Machine: {where}. Hard target: 16-D mixture of 4 modes (weights 1:3:5:7, 6 apart), {sde_name} SDE, "
             f"{args.n} samples. {exact_note} samples of "
             f"the same size give {rows[0]['fd_modes_floor']:.4f} +- {rows[0]['fd_modes_floor_sd']:.4f} (sd).\n"
             f"Smallest NFE at which each sampler is indistinguishable from exact samples at this sample size "

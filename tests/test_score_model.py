@@ -40,8 +40,12 @@ def params_for(net, seed, dim=DIM):
     return random_params(models.param_shapes(net, (2, dim)), seed=seed, vector_std=0.05)
 
 
+# Adaptive samplers take tolerances instead of steps (adaptive_sde its defaults: ~380 NFE).
+TOLERANCES = {"ode": {"rtol": 1e-2, "atol": 1e-2}, "adaptive_sde": {}}
+
+
 def run_sampler(name, score, batch=4):
-    opts = {"rtol": 1e-2, "atol": 1e-2} if name == "ode" else {"num_steps": STEPS[name]}
+    opts = TOLERANCES[name] if name in TOLERANCES else {"num_steps": STEPS[name]}
     return samplers.sample(jax.random.PRNGKey(0), SDE, score, (batch, DIM), name, **opts)[0]
 
 

@@ -15,7 +15,8 @@ import inspect
 import math
 from typing import Callable
 
-from scoresde.samplers import fast, ode, pc, unipc
+from scoresde.samplers import adaptive_sde, fast, ode, pc, unipc
+from scoresde.samplers.adaptive_sde import adaptive_sde_sample
 from scoresde.samplers.fast import ddim_sample, dpm_solver_sample, edm_sample
 from scoresde.samplers.ode import ode_sample
 from scoresde.samplers.pc import pc_sample
@@ -78,6 +79,9 @@ SAMPLERS = {
     "ddim": Sampler(ddim_sample, fast.dpm_solver_nfe),
     # Zhao et al. 2023: UniPC-2 (bh2, data prediction), one evaluation per step.
     "unipc": Sampler(unipc_sample, unipc.unipc_nfe),
+    # Jolicoeur-Martineau et al. 2021 ("Gotta Go Fast"): reverse SDE with per-example adaptive
+    # steps (Euler-Maruyama / stochastic improved Euler pair, error control); NFE data-dependent.
+    "adaptive_sde": Sampler(adaptive_sde_sample, adaptive_sde.adaptive_sde_nfe),
 }
 
 
@@ -109,11 +113,15 @@ _RANGES = {
     "rtol": (lambda v: _number(v) and v > 0, "a finite number > 0"),
     "atol": (lambda v: _number(v) and v > 0, "a finite number > 0"),
     "rho": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "h_init": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "safety": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "exponent": (lambda v: _number(v) and v > 0, "a finite number > 0"),
     "S_churn": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
     "S_min": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
     "S_max": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0 (inf allowed)"),
     "S_noise": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
     "variant": (lambda v: v in unipc.VARIANTS, "'bh1' or 'bh2'"),
+    "brownian": (lambda v: v in adaptive_sde.BROWNIAN, "'memory' or 'redraw'"),
 }
 
 
