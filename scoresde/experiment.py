@@ -180,13 +180,16 @@ def resolve_sampler(config, sampler: str | None = None, options: dict | None = N
 
 
 def run_sampler(key, sde, score, shape, sampler: str, options: dict):
-    """`registry.sample`; its ValueErrors (settings the sampler cannot run) and non-finite
-    samples are UserErrors, so that nothing non-finite is ever written."""
+    """`registry.sample`; its ValueErrors (settings the sampler cannot run), an adaptive
+    solver's step limit and non-finite samples are UserErrors, so that nothing non-finite is
+    ever written."""
     from scoresde.samplers import registry
+    from scoresde.samplers.adaptive_sde import SDESolveError
+    from scoresde.samplers.ode import ODESolveError
 
     try:
         x, nfe = registry.sample(key, sde, score, shape, sampler, **options)
-    except ValueError as err:
+    except (ValueError, ODESolveError, SDESolveError) as err:  # settings, or an adaptive solve's step limit
         raise UserError(str(err)) from err
     bad = int(jnp.sum(~jnp.isfinite(x)))
     if bad:
