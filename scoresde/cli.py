@@ -2,6 +2,7 @@
 
     scoresde train --config digits_vp --workdir runs/digits [--config.training.n_iters=2000]
     scoresde sample --workdir runs/digits [--sampler pc --steps 500 --snr 0.16 --num 64]
+    scoresde sample --workdir runs/digits --upsample low.png [--impute-method tmpd --sigma-y 0.02]
     scoresde likelihood --workdir runs/digits --split test [--passes 5]
     scoresde ablate --workdir runs/digits | --target 8gaussians [--samplers ... --nfes ...]
     scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]
@@ -138,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inpaint", default=None, metavar="MASK_PNG",
                    help="inpaint --image: white pixels of the mask are kept, black ones generated")
     p.add_argument("--colorize", action="store_true", help="colorize the grey levels of --image")
+    p.add_argument("--upsample", default=None, metavar="LOW_PNG",
+                   help="super-resolve a low-resolution PNG whose size divides the model's (an inverse problem "
+                   "for the unconditional model: average pooling); grid of input (nearest) | output")
+    p.add_argument("--sigma-y", type=_real(), default=0.0,
+                   help="noise std of the --upsample pixels, in [0, 1] units (default 0: exact)")
     p.add_argument("--impute-method", default="replace", help="replace (the reference's) or tmpd")
     sampling_args(p)
     conditioning_args(p)
@@ -303,6 +309,11 @@ def cmd_sample(args, overrides):
     from scoresde import experiment
     from scoresde.workdir import check_writable
 
+    if args.upsample and (args.image or args.inpaint or args.colorize):
+        raise experiment.UserError("--upsample takes the low-resolution image itself; leave out --image, --inpaint "
+                                   "and --colorize.")
+    if args.sigma_y and not args.upsample:
+        raise experiment.UserError("--sigma-y is the noise of the --upsample image; add --upsample <png>.")
     if args.image and not (args.inpaint or args.colorize):
         raise experiment.UserError("--image is the input of --inpaint or --colorize; add one of them.")
     if (args.inpaint or args.colorize) and args.image is None:
@@ -313,11 +324,11 @@ def cmd_sample(args, overrides):
         args.workdir, args.num, sampler=args.sampler, options=_sampler_options(args), seed=args.seed,
         labels=_labels(args.label), text=args.text, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, image=args.image, mask=args.inpaint, colorize=args.colorize,
-        impute_method=args.impute_method,
+        upsample=args.upsample, sigma_y=args.sigma_y, impute_method=args.impute_method,
     )
     prefix = args.out or os.path.join(args.workdir, "samples", f"{result.task or result.sampler}_step{result.step}")
     png = experiment.save_samples(result, prefix)
-    done = {"inpaint": "inpainted ", "colorize": "colorized ", "": ""}[result.task]
+    done = {"inpaint": "inpainted ", "colorize": "colorized ", "upsample": "upsampled ", "": ""}[result.task]
     print(f"{args.num} {done}samples ({result.sampler}, NFE {result.nfe}, {result.wall_s:.1f} s) -> {prefix}.npz, {png}")
     if result.accuracy is not None:
         print(f"accuracy of the bundled digits classifier on the requested labels: {result.accuracy:.3f}")

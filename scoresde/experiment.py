@@ -8,7 +8,7 @@ A workdir holds `config.json` (the resolved config the run was started with),
 `checkpoints/` and `checkpoints-meta/`, `metrics.jsonl`, `tensorboard/`, `samples/`.
 
 What the `scoresde` commands do is here as one call each, with explicit arguments:
-`train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization)
+`train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization, super-resolution)
 with `save_samples`, `likelihood_report`; `ablation.ablate_workdir` / `ablate_target`
 and `evaluation.evaluate_workdir` / `dataset_stats` are the others.
 """
@@ -648,34 +648,79 @@ def load_image(source, shape: tuple[int, int, int], num: int) -> np.ndarray:
         raise UserError(f"An image of shape {tuple(shape)} is needed, got {np.shape(source)}.") from None
 
 
-def impute(key, config, sde, score, num: int, image, *, mask=None, colorize: bool = False, sampler: str = "pc",
-           options: dict | None = None, method: str = "replace"):
-    """Inpaint `image` where `mask` (1: known, 0: generated) is 0, or colorize its grey
-    levels, `num` times with a config's model (`samplers.imputation`: any sampler, method
-    "replace" or "tmpd"). image and mask: image files or arrays in [0, 1] (`load_image`).
+def load_low_res(source, shape: tuple[int, int, int], num: int) -> tuple[np.ndarray, int]:
+    """A low-resolution image for super-resolution to the data shape (H, W, C), repeated `num`
+    times, `(num, H/f, W/f, C)` in [0, 1], and the factor f: an image file (PNG, ...) read at
+    its own size, or an array `(h, w, C)` / `(num, h, w, C)` in [0, 1]. Its size must divide
+    the model's by one integer factor (a UserError otherwise)."""
+    h_model, w_model, c = shape
+    if isinstance(source, (str, os.PathLike)):
+        from PIL import Image
 
-    Returns (original, input as shown: unknown pixels grey or the grey image, output), each
-    `(num, H, W, C)` in [0, 1], and nfe.
+        if not os.path.isfile(source):
+            raise UserError(f"No image file {str(source)!r}.")
+        try:
+            img = Image.open(source)
+            img.load()
+        except OSError as err:
+            raise UserError(f"{str(source)!r} is not an image that can be read ({type(err).__name__}).") from None
+        name = str(source)
+        pixels = np.asarray(img.convert("L" if c == 1 else "RGB"), np.float32)
+        source = pixels.reshape(img.size[1], img.size[0], c) / 255.0
+    else:
+        name = "The low-resolution image"
+    source = np.asarray(source, np.float32)
+    if source.ndim not in (3, 4) or source.shape[-1] != c:
+        raise UserError(f"A low-resolution image (h, w, {c}) is needed, got shape {source.shape}.")
+    h, w = source.shape[-3:-1]
+    if h_model % h or w_model % w or h_model // h != w_model // w:
+        raise UserError(f"{name} is {w}x{h}; its size must divide the model's {w_model}x{h_model} by one integer "
+                        f"factor (e.g. {w_model // 2}x{h_model // 2} for 2x).")
+    try:
+        return np.array(np.broadcast_to(source, (num, h, w, c))), h_model // h
+    except ValueError:
+        raise UserError(f"{num} low-resolution images are needed, got shape {source.shape}.") from None
+
+
+def impute(key, config, sde, score, num: int, image, *, mask=None, colorize: bool = False, upsample=None,
+           sigma_y: float = 0.0, sampler: str = "pc", options: dict | None = None, method: str = "replace"):
+    """Inpaint `image` where `mask` (1: known, 0: generated) is 0, colorize its grey levels, or
+    super-resolve the low-resolution image `upsample` (`load_low_res`; y's noise std sigma_y in
+    [0, 1] pixel units), `num` times with a config's model (`samplers.imputation`: any
+    sampler, method "replace" or "tmpd"). image and mask: image files or arrays in [0, 1]
+    (`load_image`).
+
+    Returns (original (None for super-resolution), input as shown: unknown pixels grey, the
+    grey image, or the low-resolution image upsampled nearest, output), each `(num, H, W, C)`
+    in [0, 1], and nfe.
     """
     from scoresde.samplers import imputation
 
     if not is_image_data(config):
-        raise UserError("Inpainting and colorization need an image model; this config has 2-D points.")
-    original = load_image(image, data_shape(config), num)
-    to_model = data.get_data_scaler(config.data.get("centered", False))
+        raise UserError("Inpainting, colorization and super-resolution need an image model; this config has 2-D "
+                        "points.")
+    centered = config.data.get("centered", False)
+    to_model = data.get_data_scaler(centered)
+    options = options or {}
     try:
+        if upsample is not None:
+            low, factor = load_low_res(upsample, data_shape(config), num)
+            sigma_model = sigma_y * (2.0 if centered else 1.0)  # [0, 1] pixels -> the model's data space
+            x, nfe = imputation.super_resolve(key, sde, score, to_model(low), factor, sigma_model, sampler=sampler,
+                                              method=method, **options)
+            return None, np.repeat(np.repeat(low, factor, 1), factor, 2), np.asarray(to_unit_range(x, config)), nfe
+        original = load_image(image, data_shape(config), num)
         if colorize:
             if original.shape[-1] != 3:
                 raise UserError("--colorize needs an RGB model; this one has 1 channel (use --inpaint).")
             shown = np.repeat(original.mean(-1, keepdims=True), 3, -1)  # the grey input
-            x, nfe = imputation.colorize(key, sde, score, to_model(shown), sampler=sampler, method=method,
-                                         **(options or {}))
+            x, nfe = imputation.colorize(key, sde, score, to_model(shown), sampler=sampler, method=method, **options)
         else:
             if mask is None:
                 raise UserError("Inpainting needs a mask (1 where the image is known).")
             mask = (load_image(mask, data_shape(config), num) > 0.5).astype(np.float32)
             x, nfe = imputation.inpaint(key, sde, score, to_model(original), mask, sampler=sampler, method=method,
-                                        **(options or {}))
+                                        **options)
             shown = original * mask + 0.5 * (1 - mask)  # unknown pixels grey
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -685,7 +730,8 @@ def impute(key, config, sde, score, num: int, image, *, mask=None, colorize: boo
 @dataclasses.dataclass
 class Samples:
     """What `sample_workdir` made: samples `(num, ...)` (images in [0, 1], or 2-D points),
-    how, and for imputation its inputs (`original`, `shown`: `(num, H, W, C)`)."""
+    how, and for imputation its inputs (`original`, `shown`: `(num, H, W, C)`; no original
+    for super-resolution)."""
 
     samples: np.ndarray
     nfe: int
@@ -696,7 +742,7 @@ class Samples:
     labels: np.ndarray | None = None  # the class of each sample
     guidance: float = 0.0
     per_class: bool = False  # every class in turn: a column per class
-    task: str = ""  # "inpaint", "colorize", or "" (sampling)
+    task: str = ""  # "inpaint", "colorize", "upsample", or "" (sampling)
     original: np.ndarray | None = None
     shown: np.ndarray | None = None
     accuracy: float | None = None  # digits: the bundled classifier's accuracy on the labels
@@ -735,6 +781,8 @@ def sample_workdir(
     image=None,
     mask=None,
     colorize: bool = False,
+    upsample=None,
+    sigma_y: float = 0.0,
     impute_method: str = "replace",
     step: int | None = None,
 ) -> Samples:
@@ -743,8 +791,8 @@ def sample_workdir(
     sampler, options: a registry sampler and its options (default: the config's sampling
     settings, `resolve_sampler`). labels, text, guidance, classifier, classifier_scale: the
     condition and guidance (`conditioned_score`). image with a mask, or with colorize:
-    inpaint or colorize that image instead (`impute`, method `impute_method`). The files:
-    `save_samples`.
+    inpaint or colorize that image instead; upsample: super-resolve that low-resolution
+    image (noise std sigma_y) (`impute`, method `impute_method`). The files: `save_samples`.
     """
     check_sample_memory(load_config(workdir), num)
     config, sde, score, step = load_score_fn(workdir, step)
@@ -754,10 +802,12 @@ def sample_workdir(
                                              classifier=classifier, classifier_scale=classifier_scale)
     imputed, accuracy = {}, None
     start = time.perf_counter()
-    if mask is not None or colorize:
+    if mask is not None or colorize or upsample is not None:
         original, shown, x, nfe = impute(key, config, sde, score, num, image, mask=mask, colorize=colorize,
-                                         sampler=name, options=options, method=impute_method)
-        imputed = dict(task="colorize" if colorize else "inpaint", original=original, shown=shown)
+                                         upsample=upsample, sigma_y=sigma_y, sampler=name, options=options,
+                                         method=impute_method)
+        task = "upsample" if upsample is not None else "colorize" if colorize else "inpaint"
+        imputed = dict(task=task, original=original, shown=shown)
     else:
         x, nfe = run_sampler(key, sde, score, (num,) + data_shape(config), name, options)
         x = np.asarray(to_unit_range(x, config))
@@ -773,7 +823,8 @@ def sample_workdir(
 def save_samples(result: Samples, prefix: str) -> str:
     """Write `<prefix>.npz` (samples, nfe, sampler, options as JSON, step, guidance, labels)
     and a PNG: a grid (a column per class when every class was sampled; rows of original |
-    input | output for imputation) or a scatter plot of 2-D points. Returns the PNG's path."""
+    input | output for imputation, input | output for super-resolution) or a scatter plot of
+    2-D points. Returns the PNG's path."""
     from scoresde import reporting
 
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
@@ -781,9 +832,10 @@ def save_samples(result: Samples, prefix: str) -> str:
     extra = {} if result.labels is None else {"labels": result.labels}
     np.savez(prefix + ".npz", samples=x, nfe=result.nfe, sampler=result.sampler, options=json.dumps(result.options),
              step=result.step, guidance=result.guidance, **extra)
-    if result.task:  # one row per sample: original | input | output
-        grid = np.stack([result.original, result.shown, x], 1).reshape((-1,) + x.shape[1:])
-        return reporting.save_image_grid(grid, prefix + ".png", nrow=3)
+    if result.task:  # one row per sample: original | input | output (no original for super-resolution)
+        columns = [c for c in (result.original, result.shown, x) if c is not None]
+        grid = np.stack(columns, 1).reshape((-1,) + x.shape[1:])
+        return reporting.save_image_grid(grid, prefix + ".png", nrow=len(columns))
     if result.per_class:
         return reporting.save_image_grid(x, prefix + ".png", nrow=int(result.labels.max()) + 1)
     return reporting.save_samples_png(x, prefix + ".png", title=f"{result.sampler}, NFE {result.nfe}")

@@ -1,7 +1,7 @@
 """The command line for conditional generation, end to end on tiny digits models:
 class-conditional training, classifier-free guidance, classifier guidance with a trained
-noise-conditional classifier, inpainting with its before/after grid, the guidance sweep
-in `ablate`, and the one-line errors of each.
+noise-conditional classifier, inpainting and super-resolution with their before/after
+grids, the guidance sweep in `ablate`, and the one-line errors of each.
 """
 
 import json
@@ -104,6 +104,31 @@ def test_inpaint_writes_before_after_grid(workdirs, tmp_path):
                                        str(tmp_path / "missing.png"))
     assert "RGB" in error_of("sample", "--workdir", workdirs["digits_vp"], "--colorize", "--image", image)
     assert "add one of them" in error_of("sample", "--workdir", workdirs["digits_vp"], "--image", image)
+
+
+def test_upsample_writes_before_after_grid(workdirs, tmp_path):
+    """Super-resolution of a 4x4 PNG with the unconditional 8x8 model (average pooling, TMPD).
+    (That the output's 2x2 block means are the low-resolution pixels is tests/test_inverse.py's;
+    this 2-step model's outputs are clipped to 0 or 1 when saved.)"""
+    low = str(tmp_path / "low.png")
+    pixels = np.array([[0, 255, 0, 0], [0, 255, 0, 0], [0, 255, 255, 0], [0, 0, 255, 0]], np.uint8)
+    Image.fromarray(pixels).save(low)
+    out = str(tmp_path / "up")
+    run("sample", "--workdir", workdirs["digits_vp"], "--upsample", low, "--impute-method", "tmpd", "--sampler",
+        "ddim", "--steps", "3", "--num", "2", "--out", out)
+    x = np.load(out + ".npz")["samples"]
+    assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
+    grid = np.asarray(Image.open(out + ".png"))
+    assert grid.shape == (8 * 19, 8 * 19)  # 2 rows of input | output, 8x8 tiles upscaled 8x, 1-pixel gaps
+    np.testing.assert_array_equal(grid[8:72, 8:72], np.kron(pixels, np.ones((16, 16), np.uint8)))  # nearest
+    np.testing.assert_array_equal(grid[8:72, 80:144], np.kron((x[0, ..., 0] * 255 + 0.5).astype(np.uint8),
+                                                             np.ones((8, 8), np.uint8)))
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(str(tmp_path / "odd.png"))
+    assert "3x3; its size must divide the model's 8x8 by one integer factor" in error_of(
+        "sample", "--workdir", workdirs["digits_vp"], "--upsample", str(tmp_path / "odd.png"))
+    assert "leave out --image" in error_of("sample", "--workdir", workdirs["digits_vp"], "--upsample", low,
+                                           "--image", low, "--inpaint", low)
+    assert "add --upsample" in error_of("sample", "--workdir", workdirs["digits_vp"], "--sigma-y", "0.1")
 
 
 def test_ablate_guidance_sweep(workdirs, tmp_path):

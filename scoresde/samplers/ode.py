@@ -128,9 +128,9 @@ def probability_flow_drift(sde: sde_lib.SDE, score_fn):
 
 
 def pinned_drift(sde: sde_lib.SDE, drift, constraint):
-    """The drift with the constraint's known part on its path x_k(t) = alpha_t data + sigma_t z:
-    the unknown components are `drift` at the pinned state `pin(x, alpha_t, sigma_t)`, the
-    known ones d/dt x_k(t) = alpha_t' data + sigma_t' z (`imputation.Imputation.pin`)."""
+    """The drift with the constraint's known part on its path (x_k(t) = alpha_t data + sigma_t z
+    for exact data): the unknown components are `drift` at the pinned state `pin(x, alpha_t,
+    sigma_t)`, the known ones the path's d/dt (`imputation.Imputation.pin_velocity`)."""
 
     def coeffs(t):
         alpha, sigma = sde.marginal_coeffs(jnp.reshape(t, (1,)))
@@ -138,7 +138,7 @@ def pinned_drift(sde: sde_lib.SDE, drift, constraint):
 
     def field(t, x):
         (alpha, sigma), (dalpha, dsigma) = jax.jvp(coeffs, (t,), (jnp.ones_like(t),))
-        return constraint.pin(drift(t, constraint.pin(x, alpha, sigma)), dalpha, dsigma)
+        return constraint.pin_velocity(drift(t, constraint.pin(x, alpha, sigma)), alpha, sigma, dalpha, dsigma)
 
     return field
 
@@ -173,8 +173,8 @@ def ode_sample(
         `heun`, `midpoint`, `ralston` (these need `num_steps`).
       z: latents `(B, ...)` at T to start from, instead of prior samples.
       denoise: finish with one reverse-diffusion step's mean at eps (one more evaluation).
-      constraint: None, or a pytree with `guide(sde, score_fn) -> score_fn` and
-        `pin(x, alpha, sigma) -> x` (`imputation.Imputation`): the ODE of the guided score,
+      constraint: None, or a pytree with `guide(sde, score_fn) -> score_fn`,
+        `pin(x, alpha, sigma) -> x` and `pin_velocity` (`imputation.Imputation`): the ODE of the guided score,
         its known part pinned to a path (`pinned_drift`). Traced, so new data does not recompile.
     Returns:
       (x `(B, ...)`, nfe). Raises `ODESolveError` if the solver stopped before eps.
