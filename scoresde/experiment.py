@@ -808,6 +808,9 @@ def sample_workdir(
                                          method=impute_method)
         task = "upsample" if upsample is not None else "colorize" if colorize else "inpaint"
         imputed = dict(task=task, original=original, shown=shown)
+        if not np.all(np.isfinite(x)):
+            raise UserError(f"{task} with {name} ({impute_method}) produced non-finite values: the model or the "
+                            "method broke down (TMPD is the less stable one); nothing was written.")
     else:
         x, nfe = run_sampler(key, sde, score, (num,) + data_shape(config), name, options)
         x = np.asarray(to_unit_range(x, config))
