@@ -30,7 +30,7 @@ import pytest
 
 from scoresde import analytic, sde_lib
 
-# The slowest tests (each 20-95 s of CPU on the 2-core CI machine), left out of the default
+# The slowest tests (each 8-95 s of CPU on the 2-core CI machine), left out of the default
 # run so that `pytest` stays under 10 minutes there; `pytest -m slow` runs them, `pytest -m ""`
 # everything. Each is an end-to-end or statistical check whose parts the default run also
 # tests more cheaply.
@@ -44,12 +44,31 @@ SLOW = (
     "tests/test_imputation.py::test_tmpd_6d_exact_conditional[vp-pc]",
     "tests/test_samplers.py::test_pc_sampler_matches_target[16-vp-reverse_diffusion-langevin]",
     "tests/test_samplers.py::test_pc_sampler_matches_target[16-cosine-reverse_diffusion-langevin]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[16-subvp-reverse_diffusion-ald]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[16-ve-euler_maruyama-langevin]",
+    "tests/test_samplers.py::test_corrector_only_matches_target_at_recommended_settings[vp-langevin",
+    "tests/test_score_model.py::test_memory_stays_flat_over_ten_parameter_sets",
+    "tests/test_score_model.py::test_no_parameter_is_compiled_in_as_a_constant",
+    "tests/test_train.py::test_eight_devices_match_one_device",
+    "tests/test_train.py::test_signals_save_checkpoint_and_exit_cleanly",
+    "tests/test_cli.py::test_interrupted_train_saves_and_resumes[SIGINT]",
+    "tests/test_cli_conditional.py::test_ablate_guidance_sweep",
+    "tests/test_guidance.py::test_trained_conditional_model_separates_classes",
+    "tests/test_guidance.py::test_classifier_free_w0_samples_conditional[ve-pc-options1]",
+    "tests/test_guidance.py::test_exact_classifier_guidance_samples_conditional[vp]",
+    "tests/test_imputation.py::test_replacement_follows_its_own_law[ve-reverse_diffusion]",
+    "tests/test_imputation.py::test_colorize_tmpd_matches_the_colour_conditional",
+    "tests/test_imputation.py::test_tmpd_6d_exact_conditional[ve-euler_maruyama]",
+    "tests/test_imputation.py::test_tmpd_2d_exact_conditional",
+    "tests/test_conditional_models.py::test_cross_attention_ncsnpp",
+    "tests/test_memory_options.py::test_accumulation_cuts_the_step_memory",
 )
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.startswith(SLOW):
+    for item in items:  # an entry names a test, all its parameters, or (with "[") a prefix of them
+        name = item.nodeid.split("[")[0]
+        if name in SLOW or any("[" in entry and item.nodeid.startswith(entry) for entry in SLOW):
             item.add_marker(pytest.mark.slow)
 
 

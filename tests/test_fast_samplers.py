@@ -363,7 +363,8 @@ def test_sampler_options_defaults():
     for name in registry.SAMPLERS:
         options = registry.sampler_options(name)
         assert not {"key", "sde", "score_fn", "shape"} & set(options)
-        assert "num_steps" in options and "eps" in options
+        # An adaptive SDE solver has tolerances instead of a number of steps.
+        assert ("num_steps" in options or {"rtol", "atol"} <= set(options)) and "eps" in options
 
 
 # ---------------------------------------------------------------------------------------
