@@ -1,22 +1,36 @@
-"""On-device likelihood solve vs the reference approach (scipy RK45 on the host).
+"""Work-precision diagrams for the likelihood: our on-device solve vs the reference's method.
 
 The reference (score_sde/likelihood.py) integrates the augmented probability-flow ODE
-with scipy.integrate.solve_ivp(method="RK45"), calling a jitted drift-and-divergence
-function on the device at every evaluation: one host round trip per evaluation. Here
-both solve the same augmented ODE, with the same score, batch, Hutchinson probes
-(Rademacher, fixed for the solve), eps = 1e-5 and rtol = atol = 1e-5.
+d/dt (x, delta) = (f~(x, t), div f~(x, t)) with scipy.integrate.solve_ivp(method="RK45")
+on the host, calling a jitted drift-and-divergence function once per evaluation, with
+scipy's RMS error norm over the whole flattened state. Ours is one compiled diffrax solve
+(`scoresde.likelihood.log_likelihood`) with a choice of time variable, error norm, method
+and fixed or adaptive steps.
 
-    python experiments/bench_likelihood.py [--repeats 3]
+A single tolerance compares methods at different accuracies, so each method sweeps its
+tolerance (or its number of steps) and we plot the error of log p against a very tight
+solve of the same ODE with the same Hutchinson probes (`--ref-tol`, tsit5 in t with the
+per-example max norm; with Rademacher probes every time variable has the same integrand,
+see `ode.FlowCoordinates`), versus wall time and versus NFE. The speed-up at equal error
+is read off the Pareto fronts by log-log interpolation, at 1e-2 and 1e-3 nats/dim.
 
-Reports NFE, wall time (best of repeats, after compilation) and the agreement of logp,
-for a cheap score (exact GMM, 16-D) and network-sized ones (random residual MLPs on
-the 64-D digits shape; width 1024 with --large), and writes experiments/results/bench_likelihood.md.
+Scores: the exact 16-D Gaussian-mixture score (exact divergence and Hutchinson), a
+trained digits U-Net (`--workdir`, e.g. the quick start's; Hutchinson), and a CIFAR-sized
+DDPM++ (nf = 32, 32x32x3, untrained with its zero-initialized output layers given random
+weights, a timing case; Hutchinson).
+
+    python experiments/bench_likelihood.py --workdir runs/digits [--scores gmm,digits,cifar]
+    python experiments/bench_likelihood.py --tiny    # a smoke test (seconds)
+
+Writes experiments/results/bench_likelihood.{md,json} and bench_likelihood_<score>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import math
 import os
 import time
 
@@ -25,100 +39,235 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
-from scoresde import analytic, models, sde_lib
+from scoresde import analytic, configs, experiment, likelihood, models, sde_lib
 from scoresde.likelihood import drift_and_divergence, log_likelihood
 from scoresde.samplers.ode import probability_flow_drift
 
-EPS, TOL = 1e-5, 1e-5
+EPS = 1e-5
+TARGET_ERRORS = (1e-2, 1e-3)  # nats per dimension
 
 
-def scipy_log_likelihood(key, sde, score_fn, x):
-    """The reference's host-loop solve: scipy RK45, a device call per evaluation."""
+def reference_rhs(sde, score_fn, probes):
+    """The reference's right-hand side, jitted once: `(t, x) -> (dx/dt, d delta/dt)`, with
+    `probes` `(P, B, ...)` or None for the exact divergence."""
     drift = probability_flow_drift(sde, score_fn)
-    probes = jax.random.rademacher(key, (1, *x.shape), x.dtype)  # same probes as log_likelihood
-    shape, n = x.shape, x.size
+    return jax.jit(lambda t, x: drift_and_divergence(functools.partial(drift, t), x, probes))
 
-    @jax.jit
-    def rhs(t, x):
-        return drift_and_divergence(functools.partial(drift, t), x, probes)
+
+def scipy_log_likelihood(sde, rhs, x, tol):
+    """The reference's method: scipy RK45 on the host, one device call of `rhs` per
+    evaluation, scipy's RMS norm over the flattened state. Returns (logp, nfe)."""
+    shape, n = x.shape, x.size
 
     def fun(t, y):
         dx, ddelta = rhs(jnp.asarray(t, x.dtype), jnp.asarray(y[:n].reshape(shape), x.dtype))
         return np.concatenate([np.asarray(dx).ravel(), np.asarray(ddelta)]).astype(np.float64)
 
     y0 = np.concatenate([np.asarray(x).ravel(), np.zeros(shape[0])])
-    sol = integrate.solve_ivp(fun, (EPS, sde.T), y0, rtol=TOL, atol=TOL, method="RK45")
+    sol = integrate.solve_ivp(fun, (EPS, sde.T), y0, rtol=tol, atol=tol, method="RK45")
     z = jnp.asarray(sol.y[:n, -1].reshape(shape), x.dtype)
     return np.asarray(sde.prior_logp(z)) + sol.y[n:, -1], sol.nfev
 
 
-def best_time(fn, repeats):
-    result = fn()
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        jax.block_until_ready(result)
-        best = min(best, time.perf_counter() - start)
-    return result, best
+# Our settings, by label: log_likelihood's keyword arguments. "before" is the default of
+# the previous release (tsit5 in t, per-example max norm).
+OURS = {
+    "ours before: tsit5, t, max norm": dict(method="tsit5", time_variable="t", error_norm="max"),
+    "ours: dopri5, t, rms norm": dict(method="dopri5", time_variable="t", error_norm="rms"),
+    "ours: tsit5, sigma, max norm": dict(method="tsit5", time_variable="sigma", error_norm="max"),
+    "ours: dopri5, sigma, max norm": dict(method="dopri5", time_variable="sigma", error_norm="max"),
+    "ours: tsit5, log-SNR, max norm": dict(method="tsit5", time_variable="log_snr", error_norm="max"),
+    "ours: bosh3, sigma, max norm": dict(method="bosh3", time_variable="sigma", error_norm="max"),
+}
+REFERENCE = "reference: scipy RK45 (host loop), t, rms norm"
 
 
-def mlp_score(sde, dim, width, key):
-    net = models.get_model("mlp", hidden=width, num_layers=4, init_scale=1.0)
-    params = net.init(key, jnp.zeros((1, dim)), jnp.ones((1,)), train=False)["params"]
-    return models.get_score_fn(sde, net, params)
+def timed(fn):
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn())
+    return result, time.perf_counter() - start
+
+
+def gmm_case(batch, key):
+    g = analytic.separated_mixture(16, num_modes=3, seed=1)
+    return g.score_fn(sde_lib.VPSDE()), g.sample(key, batch)
+
+
+def digits_case(workdir, batch, key):
+    config, sde, score, _ = experiment.load_score_fn(workdir)
+    images = np.concatenate(list(experiment.eval_images(config, "test", batch)))[:batch]
+    return score, likelihood.dequantize(key, jnp.asarray(images), config.data.get("num_bins", 256), config.data.centered)
+
+
+def cifar_case(batch, key, nf=32, image_size=32):
+    config = configs.get_config("vp/cifar10_ddpmpp_continuous", lock=False)
+    config.model.nf, config.data.image_size = nf, image_size
+    sde, net = experiment.sde_from_config(config), experiment.model_from_config(config)
+    shape = (batch, image_size, image_size, 3)
+    params = net.init(key, jnp.zeros(shape), jnp.ones((batch,)), train=False)["params"]
+    # The output layers start at zero (a constant-zero score); give them small random weights.
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    leaves = [0.02 * jax.random.normal(k, p.shape, p.dtype) if not np.any(p) and p.ndim > 1 else p for k, p in zip(keys, leaves)]
+    params = jax.tree_util.tree_unflatten(tree, leaves)
+    score = experiment.network_score(config, sde, net, params)
+    return score, jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) if config.data.centered else jax.random.uniform(key, shape)
+
+
+def pareto_time(points, target):
+    """Wall time (or NFE) at error `target`, interpolated log-log along the Pareto front of
+    (cost, error) points; None if the front does not reach the target."""
+    front, best = [], math.inf
+    for cost, err in sorted(points):
+        if err < best:
+            front.append((cost, err))
+            best = err
+    for (c0, e0), (c1, e1) in zip(front, front[1:]):
+        if e1 <= target <= e0:
+            w = (math.log(target) - math.log(e0)) / (math.log(e1) - math.log(e0)) if e0 != e1 else 0.0
+            return math.exp(math.log(c0) + w * (math.log(c1) - math.log(c0)))
+    if front and front[0][1] <= target:
+        return front[0][0]
+    return None
+
+
+def run_case(name, score, x, divergence, tols, args, key):
+    sde = sde_lib.VPSDE()
+    dim = math.prod(x.shape[1:])
+    probes = None if divergence == "exact" else jax.random.rademacher(key, (1, *x.shape), x.dtype)
+    common = dict(divergence=divergence, eps=EPS)  # log_likelihood draws the same probes from `key`
+    (tight, _, ref_nfe), ref_wall = timed(lambda: log_likelihood(key, sde, score, x, rtol=args.ref_tol, atol=args.ref_tol, **common))
+    tight = np.asarray(tight)
+    print(f"[{name}] tight solve: {ref_nfe} NFE, {ref_wall:.1f} s", flush=True)
+    rows = []
+
+    def record(label, tol, logp, nfe, wall):
+        err = np.abs(np.asarray(logp) - tight) / dim
+        row = dict(score=name, divergence=divergence, method=label, tol=tol, nfe=int(nfe), wall_s=wall,
+                   err_mean=float(err.mean()), err_max=float(err.max()))
+        rows.append(row)
+        print(f"[{name}] {label} tol {tol:.0e}: {nfe} NFE, {wall:.2f} s, error {row['err_mean']:.2e} nats/dim", flush=True)
+
+    for label, opts in OURS.items():
+        run = lambda tol: log_likelihood(key, sde, score, x, rtol=tol, atol=tol, **common, **opts)
+        jax.block_until_ready(run(tols[0]))  # compile once: the tolerances are traced
+        for tol in tols:
+            (logp, _, nfe), wall = timed(functools.partial(run, tol))
+            record(label, tol, logp, nfe, wall)
+    rhs = reference_rhs(sde, score, probes)
+    jax.block_until_ready(rhs(jnp.asarray(EPS, x.dtype), x))  # compile outside the timing
+    for tol in tols:
+        (logp, nfe), wall = timed(lambda: scipy_log_likelihood(sde, rhs, x, tol))
+        record(REFERENCE, tol, logp, nfe, wall)
+    return rows, dict(score=name, divergence=divergence, tight_nfe=int(ref_nfe), tight_tol=args.ref_tol, dim=dim, batch=x.shape[0])
+
+
+def speedups(rows):
+    """At each target error, the reference's wall time and NFE over each method's (Pareto-interpolated)."""
+    out = []
+    for target in TARGET_ERRORS:
+        ref_wall = pareto_time([(r["wall_s"], r["err_mean"]) for r in rows if r["method"] == REFERENCE], target)
+        ref_nfe = pareto_time([(r["nfe"], r["err_mean"]) for r in rows if r["method"] == REFERENCE], target)
+        for label in OURS:
+            wall = pareto_time([(r["wall_s"], r["err_mean"]) for r in rows if r["method"] == label], target)
+            nfe = pareto_time([(r["nfe"], r["err_mean"]) for r in rows if r["method"] == label], target)
+            out.append(dict(target=target, method=label,
+                            wall_speedup=ref_wall / wall if ref_wall and wall else None,
+                            nfe_ratio=ref_nfe / nfe if ref_nfe and nfe else None))
+    return out
+
+
+def plot(rows, case, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label in [REFERENCE, *OURS]:
+        pts = sorted((r["tol"], r["wall_s"], r["nfe"], r["err_mean"]) for r in rows if r["method"] == label)
+        style = dict(marker="o", lw=2.5 if label == REFERENCE else 1.2, color="black" if label == REFERENCE else None)
+        axes[0].plot([p[1] for p in pts], [p[3] for p in pts], label=label, **style)
+        axes[1].plot([p[2] for p in pts], [p[3] for p in pts], label=label, **style)
+    for ax, xlabel in zip(axes, ["wall time (s)", "NFE"]):
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="mean |log p error| (nats/dim)")
+        for target in TARGET_ERRORS:
+            ax.axhline(target, color="grey", ls=":", lw=0.8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{case['score']} ({case['divergence']} divergence), batch {case['batch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--large", action="store_true", help="add a width-1024 MLP (slow on CPU)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_likelihood.md"))
+    parser.add_argument("--workdir", default="runs/digits", help="a trained digits workdir (the quick start's)")
+    parser.add_argument("--scores", default="gmm,digits,cifar")
+    parser.add_argument("--tols", default="1e-2,3e-3,1e-3,3e-4,1e-4,1e-5")
+    parser.add_argument("--cifar-tols", default="1e-2,1e-3,1e-4")
+    parser.add_argument("--ref-tol", type=float, default=1e-7)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--cifar-batch", type=int, default=4)
+    parser.add_argument("--tiny", action="store_true", help="smoke test: GMM only, two loose tolerances")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_likelihood"))
     args = parser.parse_args()
     from ablate_samplers import machine  # noqa: E402  (same folder)
 
-    sde = sde_lib.VPSDE()
-    key = jax.random.PRNGKey(0)
-    gmm = analytic.separated_mixture(16, num_modes=3, seed=1)
-    cases = [
-        ("exact GMM score, 16-D", gmm.score_fn(sde), gmm.sample(key, args.batch)),
-        ("MLP width 256, 64-D", mlp_score(sde, 64, 256, key), jax.random.normal(key, (args.batch, 64))),
-    ]
-    if args.large:
-        cases.append(("MLP width 1024, 64-D", mlp_score(sde, 64, 1024, key), jax.random.normal(key, (args.batch, 64))))
+    tols = [float(t) for t in args.tols.split(",")]
+    scores = args.scores.split(",")
+    if args.tiny:
+        tols, scores, args.ref_tol, args.batch = [1e-2, 1e-3], ["gmm"], 1e-5, 4
+    key = jax.random.key(0)
+    rows, cases = [], []
+    for name in scores:
+        if name == "gmm":
+            score, x = gmm_case(args.batch, key)
+            work = [("GMM 16-D exact score", "exact"), ("GMM 16-D exact score", "rademacher")]
+            score_tols = tols
+        elif name == "digits":
+            score, x = digits_case(args.workdir, args.batch, key)
+            work, score_tols = [(f"digits U-Net ({args.workdir})", "rademacher")], tols
+        elif name == "cifar":
+            score, x = cifar_case(args.cifar_batch, key)
+            work, score_tols = [("DDPM++ nf=32, 32x32x3 (timing)", "rademacher")], [float(t) for t in args.cifar_tols.split(",")]
+        else:
+            raise SystemExit(f"Unknown score {name!r}: gmm, digits or cifar.")
+        for label, divergence in work:
+            case_rows, case = run_case(label, score, x, divergence, score_tols, args, key)
+            case["speedups"] = speedups(case_rows)
+            case["plot"] = f"{args.out}_{name}_{divergence}.png"
+            plot(case_rows, case, case["plot"])
+            rows += case_rows
+            cases.append(case)
+            write(args, rows, cases, machine())
+
+
+def write(args, rows, cases, machine_name):
+    with open(args.out + ".json", "w") as f:
+        json.dump(dict(machine=machine_name, eps=EPS, rows=rows, cases=cases), f, indent=1)
     lines = [
-        "# Likelihood: on-device diffrax solve vs host-loop scipy RK45\n",
-        f"Machine: {machine()}. VP SDE, batch {args.batch}, Hutchinson (Rademacher, 1 probe, the same "
-        f"probes for both), eps = {EPS}, rtol = atol = {TOL}; wall time best of {args.repeats} after "
-        "compilation; max err: max over the batch of |logp - logp of a dopri8 solve at rtol = atol = 1e-8| "
-        "(nats, float32). The MLP scores are random networks (timing only). Our error norm is the max over "
-        "the state's parts (x, delta logp) of each part's RMS, scipy's the RMS over everything, so at the "
-        "same tolerances ours is stricter on delta logp. Command: "
-        "`python experiments/bench_likelihood.py`.\n",
-        "| score | ours: method | ours: NFE | ours: wall s | ours: max err | scipy RK45: NFE | scipy: wall s | scipy: max err | speed-up | mean abs logp |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "# Likelihood: work-precision diagrams, ours vs the reference's method\n",
+        f"Machine: {machine_name}. Command: `python experiments/bench_likelihood.py --workdir {args.workdir} "
+        f"--scores {args.scores}`. VP SDE, eps = {EPS}. Error: mean over the batch of |log p - log p of a tight "
+        f"solve| / D (nats/dim), the tight solve tsit5 in t at rtol = atol = {args.ref_tol:g} with the same "
+        "probes. Wall time after compilation, one run each. Speed-up: the reference's wall time (NFE) at that "
+        "error over ours, interpolated on each Pareto front; blank if a front does not reach the error.\n",
     ]
-    for name, score_fn, x in cases:
-        # A tight solve of the same augmented ODE (same probes) measures each solver's error.
-        tight, _, _ = log_likelihood(key, sde, score_fn, x, method="dopri8", rtol=1e-8, atol=1e-8, eps=EPS)
-        for method in ("tsit5", "dopri5"):
-            run = functools.partial(log_likelihood, key, sde, score_fn, x, method=method, rtol=TOL, atol=TOL, eps=EPS)
-            (logp, _, nfe), ours = best_time(run, args.repeats)
-            if method == "tsit5":
-                (ref, ref_nfe), theirs = best_time(lambda: scipy_log_likelihood(key, sde, score_fn, x), args.repeats)
-            err = float(np.max(np.abs(np.asarray(logp) - np.asarray(tight))))
-            ref_err = float(np.max(np.abs(ref - np.asarray(tight))))
-            row = (
-                f"| {name} | {method} | {nfe} | {ours:.3f} | {err:.1e} | {ref_nfe} | {theirs:.3f} | {ref_err:.1e} | "
-                f"{theirs / ours:.1f}x | {float(np.mean(np.abs(ref))):.1f} |"
-            )
-            print(row, flush=True)
-            lines.append(row)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    for case in cases:
+        lines += [f"## {case['score']}, {case['divergence']} divergence (batch {case['batch']}, D = {case['dim']})\n",
+                  f"![work-precision]({os.path.basename(case['plot'])})\n",
+                  "| method | tol | NFE | wall s | mean err (nats/dim) | max err |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['tol']:.0e} | {r['nfe']} | {r['wall_s']:.3f} | {r['err_mean']:.1e} | {r['err_max']:.1e} |"
+                  for r in rows if r["score"] == case["score"] and r["divergence"] == case["divergence"]]
+        lines += ["", "| at error (nats/dim) | method | wall-time speed-up | NFE ratio |", "|---|---|---|---|"]
+        fmt = lambda v: "" if v is None else f"{v:.2f}x"
+        lines += [f"| {s['target']:.0e} | {s['method']} | {fmt(s['wall_speedup'])} | {fmt(s['nfe_ratio'])} |" for s in case["speedups"]]
+        lines.append("")
+    with open(args.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("wrote", args.out)
+    print("wrote", args.out + ".md")
 
 
 if __name__ == "__main__":

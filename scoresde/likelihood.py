@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 
 from scoresde import parallel, sde_lib
 from scoresde.samplers import ode
-from scoresde.samplers.ode import probability_flow_drift
 from scoresde.samplers.registry import check_numbers
 from scoresde.score import as_score_model
 
@@ -56,8 +55,8 @@ def drift_and_divergence(fn, x, probes=None):
     (`fn` must act on each example independently, as a score network in eval mode does).
     """
     fx, jvp = jax.linearize(fn, x)
-    if probes is not None:
-        return fx, jnp.mean(jax.lax.map(lambda v: jnp.sum(_flat(jvp(v) * v), axis=1), probes), axis=0)
+    if probes is not None:  # the probes' JVPs batched through one linearization
+        return fx, jnp.mean(jnp.sum(jnp.reshape(jax.vmap(jvp)(probes) * probes, (*probes.shape[:2], -1)), axis=2), axis=0)
     dim = math.prod(x.shape[1:])
 
     def diagonal_entry(i):
@@ -87,6 +86,8 @@ def log_likelihood(
     eps: float = 1e-5,
     num_steps: int | None = None,
     max_steps: int = 16384,
+    time_variable: str = "t",
+    error_norm: str = "max",
 ):
     """log p_eps(x) in nats, by the augmented probability-flow ODE from eps to T.
 
@@ -94,6 +95,11 @@ def log_likelihood(
       x: data `(B, ...)` in the model's range (see `bits_per_dim` for dequantization).
       divergence: "rademacher" or "gaussian" (Hutchinson, `num_probes` probes averaged)
         or "exact" (D Jacobian-vector products per evaluation; small D only).
+      time_variable: the variable the ODE is solved in, a name in `ode.TIME_VARIABLES`
+        ("t"; "sigma" or "log_snr" with the state scaled by 1/s(t), see
+        `ode.FlowCoordinates`). The same ODE, so the same logp up to the solver's error.
+      error_norm: "max" binds every example's delta log p (see `ode.ERROR_NORMS`);
+        "rms" is the reference's (scipy's) norm over the whole flattened state.
     Returns:
       (logp `(B,)`, z `(B, ...)` the latent at T, nfe the number of ODE right-hand-side
       evaluations; each costs one score evaluation plus its JVPs).
@@ -102,6 +108,10 @@ def log_likelihood(
         raise ValueError(f"Unknown divergence {divergence!r}; valid names: {', '.join(DIVERGENCES)}.")
     if not (isinstance(num_probes, int) and num_probes >= 1):
         raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}.")
+    if time_variable not in ode.TIME_VARIABLES:
+        raise ValueError(f"Unknown time variable {time_variable!r}; valid names: {', '.join(ode.TIME_VARIABLES)}.")
+    if error_norm not in ode.ERROR_NORMS:
+        raise ValueError(f"Unknown error norm {error_norm!r}; valid names: {', '.join(ode.ERROR_NORMS)}.")
     ode.check_method(method, num_steps)
     check_numbers("log_likelihood's", rtol=rtol, atol=atol, max_steps=max_steps, eps=eps)
     if not 0.0 < eps < sde.T:
@@ -109,25 +119,34 @@ def log_likelihood(
     parallel.check_divisible(x.shape[0])
     x = parallel.shard_batch(x)
     logp, z, nfe, ok = _log_likelihood(
-        key, sde, as_score_model(score_fn), x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps
+        key, sde, as_score_model(score_fn), x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps,
+        time_variable, error_norm,
     )
     ode.raise_if_failed(ok, nfe, method, max_steps)
     return logp, z, int(nfe)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("sde", "divergence", "num_probes", "method", "num_steps", "max_steps")
+    jax.jit,
+    static_argnames=("sde", "divergence", "num_probes", "method", "num_steps", "max_steps", "time_variable", "error_norm"),
 )
-def _log_likelihood(key, sde, score_fn, x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps):
-    drift = probability_flow_drift(sde, score_fn)
+def _log_likelihood(
+    key, sde, score_fn, x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps, time_variable, error_norm
+):
+    flow = ode.flow_coordinates(sde, score_fn, time_variable)
     probes = None if divergence == "exact" else _probes(key, divergence, num_probes, x.shape, x.dtype)
 
-    def augmented(t, state):
-        return drift_and_divergence(functools.partial(drift, t), state[0], probes)
+    def augmented(u, state):
+        return drift_and_divergence(functools.partial(flow.field, u), state[0], probes)
 
-    state0 = (x, jnp.zeros(x.shape[:1], x.dtype))
-    (z, delta), nfe, ok = ode.solve_ode(augmented, state0, eps, sde.T, method, rtol, atol, num_steps, max_steps)
-    return sde.prior_logp(z) + delta, z, nfe, ok
+    eps, T = jnp.asarray(eps, x.dtype), jnp.asarray(sde.T, x.dtype)
+    state0 = (flow.to_y(x, eps), jnp.zeros(x.shape[:1], x.dtype))
+    (y, delta), nfe, ok = ode.solve_ode(
+        augmented, state0, flow.u_of_t(eps), flow.u_of_t(T), method, rtol, atol, num_steps, max_steps, error_norm
+    )
+    z = flow.to_x(y, T)
+    dim = math.prod(x.shape[1:])
+    return sde.prior_logp(z) + delta - dim * flow.log_det(eps, T), z, nfe, ok
 
 
 def dequantize(key, x, num_bins: int = 256, centered: bool = False):

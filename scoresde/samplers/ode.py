@@ -4,9 +4,10 @@
 
 `solve_ode` is the one solver path of the toolkit: sampling (T -> eps), encoding
 (eps -> T) and the likelihood's augmented ODE all go through it. Adaptive methods use
-a PID step controller with the error measured in RMS over the whole batch (as the
-reference's scipy RK45 did), separately for each part of an augmented state; fixed-step methods take `num_steps` equal
-steps. The entire solve is one XLA while loop: no host round trips.
+a PID step controller with one of `ERROR_NORMS`; fixed-step methods take `num_steps`
+equal steps. The entire solve is one XLA while loop: no host round trips.
+`flow_coordinates` gives the ODE in other time variables (sigma, log-SNR), in which
+it is smoother and an adaptive solver takes fewer steps.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def ode_nfe(num_steps: int, method: str, denoise: bool = False, **_) -> int | No
     return None if spec.adaptive else spec.evals_per_step * num_steps + int(denoise)
 
 
-def _error_norm(y):
-    """The step controller's error norm: RMS over the batch for each (B, ...) part of the
-    state, max over examples for per-example scalars (B,) such as delta log p, so that
-    the tolerance binds every example's log-likelihood rather than the batch's mean."""
+def _max_norm(y):
+    """RMS over the batch for each (B, ...) part of the state, max over examples for
+    per-example scalars (B,) such as delta log p, so that the tolerance binds every
+    example's log-likelihood rather than the batch's mean; the max over the parts."""
     norms = [
         jnp.max(jnp.abs(leaf)) if leaf.ndim == 1 else jnp.sqrt(jnp.mean(jnp.square(leaf)))
         for leaf in jax.tree_util.tree_leaves(y)
@@ -70,13 +71,29 @@ def _error_norm(y):
     return functools.reduce(jnp.maximum, norms)
 
 
-def solve_ode(vector_field, y0, t0, t1, method="tsit5", rtol=1e-5, atol=1e-5, num_steps=None, max_steps=16384):
+def _rms_norm(y):
+    """The RMS over every component of the flattened state (scipy's solve_ivp norm, the
+    reference's): with a (B, D) image part and a (B,) delta log p, delta's errors weigh
+    1/(D + 1) of the total, so the tolerance hardly binds log p."""
+    leaves = jax.tree_util.tree_leaves(y)
+    total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+    return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
+
+
+# The step controller's error norm, applied to the error scaled by atol + rtol |y|.
+ERROR_NORMS = {"max": _max_norm, "rms": _rms_norm}
+
+
+def solve_ode(
+    vector_field, y0, t0, t1, method="tsit5", rtol=1e-5, atol=1e-5, num_steps=None, max_steps=16384, error_norm="max"
+):
     """Solve dy/dt = vector_field(t, y) from t0 to t1 (either direction); call inside jit.
 
     Args:
       vector_field: `(t scalar, y pytree) -> pytree like y`.
       num_steps: equal steps for fixed-step methods; ignored by adaptive ones.
       max_steps: attempted-step limit for adaptive methods.
+      error_norm: a name in `ERROR_NORMS`, for adaptive methods.
     Returns:
       (y1, nfe, ok): the state at t1, the number of vector-field evaluations (rejected
       steps included), and whether the solve reached t1. Check `ok` on the host with
@@ -85,7 +102,7 @@ def solve_ode(vector_field, y0, t0, t1, method="tsit5", rtol=1e-5, atol=1e-5, nu
     spec = METHODS[method]
     term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
     if spec.adaptive:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_error_norm)
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=ERROR_NORMS[error_norm])
         dt0, limit = None, max_steps
     else:
         controller, dt0, limit = diffrax.ConstantStepSize(), (t1 - t0) / num_steps, num_steps
@@ -125,6 +142,66 @@ def probability_flow_drift(sde: sde_lib.SDE, score_fn):
         return rsde.sde(x, jnp.full(x.shape[:1], t, x.dtype))[0]
 
     return drift
+
+
+TIME_VARIABLES = ("t", "log_snr", "sigma")
+
+
+class FlowCoordinates(NamedTuple):
+    """The probability-flow ODE in a time variable u and a state y, for `solve_ode`.
+
+    * "t": u = t, y = x, the drift of `probability_flow_drift`.
+    * "sigma": u = sigma~(t) = sigma(t)/s(t), y = x/s(t) (Karras et al. 2022, eq. 4):
+          dy/du = -u s(t) score(s(t) y, t),  t = sde.sigma_to_t(u),
+      which has no linear part, so a step error no longer scales with the drift's f(t) x.
+    * "log_snr": u = log sigma~(t) = -lambda_t (minus the half log-SNR, so u grows with t):
+          dy/du = -u~^2 s(t) score(s(t) y, t) with u~ = e^u,
+      smooth where the t-drift is singular (VP: sigma~ ~ sqrt(t) near 0), as DPM-Solver
+      exploits. Rademacher probes give exactly the same Hutchinson integrand in every
+      variable: v^T J_y v = v^T J_x v - D s'/s along the path; `log_det` adds back the
+      D log s(T)/s(t0) that the scaling takes out.
+    """
+
+    field: Callable  # (u scalar, y (B, ...)) -> dy/du
+    u_of_t: Callable  # t -> u
+    to_y: Callable  # (x, t) -> y
+    to_x: Callable  # (y, t) -> x
+    log_det: Callable  # (t0, t1) -> log |d y / d x| at t1 minus at t0, per dimension
+
+
+def flow_coordinates(sde: sde_lib.SDE, score_fn, variable: str = "t") -> FlowCoordinates:
+    """The probability-flow ODE in one of `TIME_VARIABLES` (see `FlowCoordinates`)."""
+    if variable == "t":
+        identity = lambda x, t: x
+        return FlowCoordinates(probability_flow_drift(sde, score_fn), lambda t: t, identity, identity, lambda t0, t1: 0.0)
+    if variable not in TIME_VARIABLES:
+        raise ValueError(f"Unknown time variable {variable!r}; valid names: {', '.join(TIME_VARIABLES)}.")
+
+    def coeffs(t):
+        s, std = sde.marginal_coeffs(jnp.reshape(t, (1,)))
+        return s[0], std[0]
+
+    def sigma_of_u(u):
+        return jnp.exp(u) if variable == "log_snr" else u
+
+    def field(u, y):
+        sigma = sigma_of_u(u)
+        t = sde.sigma_to_t(sigma)
+        s = coeffs(t)[0]
+        dsigma_du = sigma if variable == "log_snr" else 1.0
+        return (-dsigma_du * sigma * s) * score_fn(s * y, jnp.full(y.shape[:1], t, y.dtype))
+
+    def u_of_t(t):
+        s, std = coeffs(t)
+        return jnp.log(std) - jnp.log(s) if variable == "log_snr" else std / s
+
+    return FlowCoordinates(
+        field,
+        u_of_t,
+        lambda x, t: x / coeffs(t)[0],
+        lambda y, t: y * coeffs(t)[0],
+        lambda t0, t1: jnp.log(coeffs(t0)[0]) - jnp.log(coeffs(t1)[0]),
+    )
 
 
 def pinned_drift(sde: sde_lib.SDE, drift, constraint):
