@@ -101,6 +101,10 @@ _EXAMPLES = {"positive integers": "10,20,50", "numbers >= 0": "0.1,0.16", "sampl
 SPLITS = ("train", "test", "eval", "validation")
 # scoresde.likelihood.DIVERGENCES (not imported here: the parser stays quick; a test compares them).
 DIVERGENCES = ("rademacher", "gaussian", "exact")
+# The adaptive ones of scoresde.samplers.ode.METHODS, its TIME_VARIABLES and ERROR_NORMS, likewise.
+ADAPTIVE_METHODS = ("tsit5", "dopri5", "bosh3", "dopri8")
+TIME_VARIABLES = ("t", "log_snr", "sigma")
+ERROR_NORMS = ("max", "rms")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="Hutchinson probes (rademacher, gaussian) or the exact trace")
     p.add_argument("--rtol", type=_real(strict=True), default=1e-5, help="ODE tolerances (the reference's 1e-5)")
     p.add_argument("--atol", type=_real(strict=True), default=1e-5)
+    p.add_argument("--method", default="tsit5", choices=ADAPTIVE_METHODS, help="adaptive Runge-Kutta pair")
+    p.add_argument("--time-variable", default="t", choices=TIME_VARIABLES,
+                   help="solve in t, in sigma = sigma(t)/s(t), or in log sigma (minus the half log-SNR)")
+    p.add_argument("--error-norm", default="max", choices=ERROR_NORMS,
+                   help="max: binds every example's log p; rms: the reference's norm over the whole state")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default=None, help="report .json (default: <workdir>/eval/bpd_<split>_step<step>.json)")
 
@@ -339,7 +348,8 @@ def cmd_likelihood(args, overrides):
 
     report, path = experiment.likelihood_report(
         args.workdir, args.split, passes=args.passes, batch=args.batch, limit=args.limit,
-        divergence=args.divergence, rtol=args.rtol, atol=args.atol, seed=args.seed, out=args.out,
+        divergence=args.divergence, rtol=args.rtol, atol=args.atol, method=args.method,
+        time_variable=args.time_variable, error_norm=args.error_norm, seed=args.seed, out=args.out,
     )
     spread = report["bpd_stderr"]
     spread = f" ± {spread:.4f}" if math.isfinite(spread) else " (one example: no standard error)"

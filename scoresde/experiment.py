@@ -854,6 +854,9 @@ def likelihood_report(
     divergence: str = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    method: str = "tsit5",
+    time_variable: str = "t",
+    error_norm: str = "max",
     seed: int = 0,
     out: str | None = None,
 ) -> tuple[dict, str]:
@@ -861,8 +864,8 @@ def likelihood_report(
     (`likelihood.evaluate_bpd`, `passes` dequantization passes, batches of `batch`, default
     eval.batch_size; only the first `limit` examples with a limit), written as JSON to `out`
     (default `<workdir>/eval/bpd_<split>_step<step>.json`; its folder is checked writable
-    first). Returns the report, with the split, step, divergence, tolerances and workdir, and
-    the path written."""
+    first). The solver settings go to `likelihood.log_likelihood`. Returns the report, with
+    the split, step and every setting, and the path written."""
     from scoresde import likelihood, reporting
 
     config, sde, score, step = load_score_fn(workdir)
@@ -878,8 +881,10 @@ def likelihood_report(
     report = likelihood.evaluate_bpd(
         jax.random.PRNGKey(seed), sde, score, images, batch, num_bins=config.data.get("num_bins", 256),
         centered=config.data.centered, num_passes=passes, divergence=divergence, rtol=rtol, atol=atol,
+        method=method, time_variable=time_variable, error_norm=error_norm,
     )
-    report.update(split=split, step=step, divergence=divergence, rtol=rtol, atol=atol, workdir=workdir)
+    report.update(split=split, step=step, divergence=divergence, rtol=rtol, atol=atol, method=method,
+                  time_variable=time_variable, error_norm=error_norm, workdir=workdir)
     if not all(math.isfinite(v) for v in [report["bpd"], *report["bpd_per_pass"]]):
         raise UserError(f"Non-finite bits/dim {report['bpd']} (per pass {report['bpd_per_pass']}): the model "
                         "or the ODE solve broke down; nothing was written.")

@@ -199,10 +199,13 @@ def test_likelihood_bad_arguments_are_user_errors(digits_workdir, quick_load, se
     assert "images" not in seen_by_likelihood
 
 
-def test_likelihood_divergences_are_the_libraries():
+def test_likelihood_choices_are_the_libraries():
     from scoresde import likelihood
+    from scoresde.samplers import ode
 
     assert cli.DIVERGENCES == likelihood.DIVERGENCES
+    assert cli.ADAPTIVE_METHODS == tuple(name for name, spec in ode.METHODS.items() if spec.adaptive)
+    assert cli.TIME_VARIABLES == ode.TIME_VARIABLES and cli.ERROR_NORMS == tuple(ode.ERROR_NORMS)
 
 
 def test_likelihood_of_one_example_writes_strict_json(digits_workdir, quick_load, monkeypatch, capsys):
