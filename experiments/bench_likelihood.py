@@ -162,6 +162,29 @@ def run_case(name, score, x, divergence, tols, args, key):
     return rows, dict(score=name, divergence=divergence, tight_nfe=int(ref_nfe), tight_tol=args.ref_tol, dim=dim, batch=x.shape[0])
 
 
+def evaluation_costs(score, x, key, repeats=5):
+    """Where an evaluation's time goes: ms per call of the score alone, of the drift and its
+    Hutchinson divergence with 1 probe, and with 4 probes through one linearization (vmapped)
+    against 4 separate linearizations."""
+    sde = sde_lib.VPSDE()
+    drift = probability_flow_drift(sde, score)
+    t = jnp.asarray(0.5, x.dtype)
+    probes = jax.random.rademacher(key, (4, *x.shape), x.dtype)
+    calls = {
+        "score only": jax.jit(lambda x: drift(t, x)),
+        "drift + divergence, 1 probe": jax.jit(lambda x: drift_and_divergence(functools.partial(drift, t), x, probes[:1])),
+        "drift + divergence, 4 probes, one linearization": jax.jit(
+            lambda x: drift_and_divergence(functools.partial(drift, t), x, probes)),
+        "drift + divergence, 4 probes, 4 linearizations": jax.jit(lambda x: [
+            drift_and_divergence(functools.partial(drift, t), x, probes[i : i + 1]) for i in range(4)]),
+    }
+    costs = {}
+    for label, fn in calls.items():
+        jax.block_until_ready(fn(x))
+        costs[label] = 1e3 * min(timed(lambda: fn(x))[1] for _ in range(repeats))
+    return costs
+
+
 def speedups(rows):
     """At each target error, the reference's wall time and NFE over each method's (Pareto-interpolated)."""
     out = []
@@ -237,6 +260,7 @@ def main():
         for label, divergence in work:
             case_rows, case = run_case(label, score, x, divergence, score_tols, args, key)
             case["speedups"] = speedups(case_rows)
+            case["eval_ms"] = evaluation_costs(score, x, key)
             case["plot"] = f"{args.out}_{name}_{divergence}.png"
             plot(case_rows, case, case["plot"])
             rows += case_rows
@@ -263,6 +287,8 @@ def write(args, rows, cases, machine_name):
                   for r in rows if r["score"] == case["score"] and r["divergence"] == case["divergence"]]
         lines += ["", "| at error (nats/dim) | method | wall-time speed-up | NFE ratio |", "|---|---|---|---|"]
         fmt = lambda v: "" if v is None else f"{v:.2f}x"
+        lines += ["", "| one evaluation | ms |", "|---|---|"]
+        lines += [f"| {label} | {ms:.2f} |" for label, ms in case["eval_ms"].items()]
         lines += [f"| {s['target']:.0e} | {s['method']} | {fmt(s['wall_speedup'])} | {fmt(s['nfe_ratio'])} |" for s in case["speedups"]]
         lines.append("")
     with open(args.out + ".md", "w") as f:

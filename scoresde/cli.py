@@ -162,8 +162,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Hutchinson probes (rademacher, gaussian) or the exact trace")
     p.add_argument("--rtol", type=_real(strict=True), default=1e-5, help="ODE tolerances (the reference's 1e-5)")
     p.add_argument("--atol", type=_real(strict=True), default=1e-5)
-    p.add_argument("--method", default="tsit5", choices=ADAPTIVE_METHODS, help="adaptive Runge-Kutta pair")
-    p.add_argument("--time-variable", default="t", choices=TIME_VARIABLES,
+    p.add_argument("--method", default="dopri5", choices=ADAPTIVE_METHODS, help="adaptive Runge-Kutta pair")
+    p.add_argument("--time-variable", default="sigma", choices=TIME_VARIABLES,
                    help="solve in t, in sigma = sigma(t)/s(t), or in log sigma (minus the half log-SNR)")
     p.add_argument("--error-norm", default="max", choices=ERROR_NORMS,
                    help="max: binds every example's log p; rms: the reference's norm over the whole state")

@@ -84,26 +84,27 @@ def test_exact_divergence_logp_matches_analytic_density(x64, dim, sde_name):
 
 # The time variables and norms, each on several kinds of path: the same accuracy bound.
 OPTION_CASES = [
-    ("vp", "sigma", "max"), ("subvp", "log_snr", "max"), ("ve", "log_snr", "rms"), ("rf", "sigma", "rms"),
-    ("linear", "log_snr", "max"),
+    ("vp", "t", "max", "tsit5"), ("subvp", "log_snr", "max", "tsit5"), ("ve", "log_snr", "rms", "dopri5"),
+    ("rf", "sigma", "rms", "tsit5"), ("linear", "t", "rms", "dopri5"),
 ]
 
 
-@pytest.mark.parametrize("sde_name,time_variable,error_norm", OPTION_CASES, ids=lambda v: str(v))
-def test_time_variables_and_norms_match_analytic_density(x64, sde_name, time_variable, error_norm):
-    """Solved in sigma~ = sigma/s or log sigma~ with the state x/s (`ode.flow_coordinates`),
+@pytest.mark.parametrize("sde_name,time_variable,error_norm,method", OPTION_CASES, ids=lambda v: str(v))
+def test_time_variables_and_norms_match_analytic_density(x64, sde_name, time_variable, error_norm, method):
+    """Solved in t (the default before), or in sigma~ = sigma/s (the default's variable, on
+    paths beside the SDEs above) or log sigma~ with the state x/s (`ode.flow_coordinates`),
     and with the reference's RMS norm at a tolerance that makes its delta log p bind
     (rms over B D + B components lets each delta be sqrt(D + 1) times the tolerance
     off), logp still agrees with the analytic log p_eps(x) to 1e-3 nats per example.
-    The 8-D target, exact divergence; the prior mismatch removed as above. The default-t
-    solve's z is the same latent, a check on the to_x/to_y scaling."""
+    The 8-D target, exact divergence; the prior mismatch (computed from the returned z,
+    so a wrong to_x scaling fails too) removed as above."""
     g, sde, dim = target(8), SDES[sde_name], 8
     x = data(dim)
     eps = max(EPS, sde_lib.default_eps(sde)) if sde_name in ("rf", "linear") else EPS
     tol = dict(rtol=1e-6, atol=1e-6) if error_norm == "rms" else TOL
     logp, z, _ = log_likelihood(
         jax.random.key(0), sde, target_score(dim, sde_name), x, divergence="exact", eps=eps,
-        time_variable=time_variable, error_norm=error_norm, **tol,
+        time_variable=time_variable, error_norm=error_norm, method=method, **tol,
     )
     exact = np.asarray(g.log_prob_t(x, jnp.full((BATCH,), eps), sde))
     np.testing.assert_array_less(np.abs(np.asarray(logp) - prior_mismatch(g, sde, z) - exact), 1e-3)
