@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -72,12 +73,12 @@ def scipy_log_likelihood(sde, rhs, x, tol):
 # Our settings, by label: log_likelihood's keyword arguments. "before" is the default of
 # the previous release (tsit5 in t, per-example max norm).
 OURS = {
-    "ours before: tsit5, t, max norm": dict(method="tsit5", time_variable="t", error_norm="max"),
-    "ours: dopri5, t, rms norm": dict(method="dopri5", time_variable="t", error_norm="rms"),
-    "ours: tsit5, sigma, max norm": dict(method="tsit5", time_variable="sigma", error_norm="max"),
-    "ours: dopri5, sigma, max norm": dict(method="dopri5", time_variable="sigma", error_norm="max"),
-    "ours: tsit5, log-SNR, max norm": dict(method="tsit5", time_variable="log_snr", error_norm="max"),
-    "ours: bosh3, sigma, max norm": dict(method="bosh3", time_variable="sigma", error_norm="max"),
+    "before": ("ours before: tsit5, t, max norm", dict(method="tsit5", time_variable="t", error_norm="max")),
+    "t-rms": ("ours: dopri5, t, rms norm", dict(method="dopri5", time_variable="t", error_norm="rms")),
+    "sigma-tsit5": ("ours: tsit5, sigma, max norm", dict(method="tsit5", time_variable="sigma", error_norm="max")),
+    "default": ("ours default: dopri5, sigma, max norm", dict(method="dopri5", time_variable="sigma", error_norm="max")),
+    "log-snr": ("ours: tsit5, log-SNR, max norm", dict(method="tsit5", time_variable="log_snr", error_norm="max")),
+    "bosh3": ("ours: bosh3, sigma, max norm", dict(method="bosh3", time_variable="sigma", error_norm="max")),
 }
 REFERENCE = "reference: scipy RK45 (host loop), t, rms norm"
 
@@ -148,7 +149,7 @@ def run_case(name, score, x, divergence, tols, args, key):
         rows.append(row)
         print(f"[{name}] {label} tol {tol:.0e}: {nfe} NFE, {wall:.2f} s, error {row['err_mean']:.2e} nats/dim", flush=True)
 
-    for label, opts in OURS.items():
+    for label, opts in (OURS[m] for m in args.methods.split(",")):
         run = lambda tol: log_likelihood(key, sde, score, x, rtol=tol, atol=tol, **common, **opts)
         jax.block_until_ready(run(tols[0]))  # compile once: the tolerances are traced
         for tol in tols:
@@ -187,11 +188,11 @@ def evaluation_costs(score, x, key, repeats=5):
 
 def speedups(rows):
     """At each target error, the reference's wall time and NFE over each method's (Pareto-interpolated)."""
-    out = []
+    out, labels = [], sorted({r["method"] for r in rows} - {REFERENCE})
     for target in TARGET_ERRORS:
         ref_wall = pareto_time([(r["wall_s"], r["err_mean"]) for r in rows if r["method"] == REFERENCE], target)
         ref_nfe = pareto_time([(r["nfe"], r["err_mean"]) for r in rows if r["method"] == REFERENCE], target)
-        for label in OURS:
+        for label in labels:
             wall = pareto_time([(r["wall_s"], r["err_mean"]) for r in rows if r["method"] == label], target)
             nfe = pareto_time([(r["nfe"], r["err_mean"]) for r in rows if r["method"] == label], target)
             out.append(dict(target=target, method=label,
@@ -207,7 +208,7 @@ def plot(rows, case, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label in [REFERENCE, *OURS]:
+    for label in sorted({r["method"] for r in rows}, key=lambda m: m != REFERENCE):
         pts = sorted((r["tol"], r["wall_s"], r["nfe"], r["err_mean"]) for r in rows if r["method"] == label)
         style = dict(marker="o", lw=2.5 if label == REFERENCE else 1.2, color="black" if label == REFERENCE else None)
         axes[0].plot([p[1] for p in pts], [p[3] for p in pts], label=label, **style)
@@ -228,6 +229,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/digits", help="a trained digits workdir (the quick start's)")
     parser.add_argument("--scores", default="gmm,digits,cifar")
+    parser.add_argument("--methods", default=",".join(OURS), help=f"ours to run, from: {', '.join(OURS)}")
     parser.add_argument("--tols", default="1e-2,3e-3,1e-3,3e-4,1e-4,1e-5")
     parser.add_argument("--cifar-tols", default="1e-2,1e-3,1e-4")
     parser.add_argument("--ref-tol", type=float, default=1e-7)
@@ -273,8 +275,7 @@ def write(args, rows, cases, machine_name):
         json.dump(dict(machine=machine_name, eps=EPS, rows=rows, cases=cases), f, indent=1)
     lines = [
         "# Likelihood: work-precision diagrams, ours vs the reference's method\n",
-        f"Machine: {machine_name}. Command: `python experiments/bench_likelihood.py --workdir {args.workdir} "
-        f"--scores {args.scores}`. VP SDE, eps = {EPS}. Error: mean over the batch of |log p - log p of a tight "
+        f"Machine: {machine_name}. Command (from experiments/): `python bench_likelihood.py {' '.join(sys.argv[1:])}`. VP SDE, eps = {EPS}. Error: mean over the batch of |log p - log p of a tight "
         f"solve| / D (nats/dim), the tight solve tsit5 in t at rtol = atol = {args.ref_tol:g} with the same "
         "probes. Wall time after compilation, one run each. Speed-up: the reference's wall time (NFE) at that "
         "error over ours, interpolated on each Pareto front; blank if a front does not reach the error.\n",
