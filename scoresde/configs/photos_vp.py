@@ -17,5 +17,6 @@ def get_config():
   data.num_bins = 256
   data.random_flip = True
   config.model.ch_mult = (1, 2, 2)  # resolutions 16, 8, 4
+  config.training.batch_size = 64
   config.eval.batch_size = 450  # the test crops
   return config
