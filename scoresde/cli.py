@@ -3,6 +3,7 @@
     scoresde train --config digits_vp --workdir runs/digits [--config.training.n_iters=2000]
     scoresde sample --workdir runs/digits [--sampler pc --steps 500 --snr 0.16 --num 64]
     scoresde sample --workdir runs/digits --upsample low.png [--impute-method tmpd --sigma-y 0.02]
+    scoresde sample --workdir runs/digits_sr --upsample low.png | --base-workdir runs/digits4
     scoresde likelihood --workdir runs/digits --split test [--passes 5]
     scoresde ablate --workdir runs/digits | --target 8gaussians [--samplers ... --nfes ...]
     scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]
@@ -144,8 +145,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="inpaint --image: white pixels of the mask are kept, black ones generated")
     p.add_argument("--colorize", action="store_true", help="colorize the grey levels of --image")
     p.add_argument("--upsample", default=None, metavar="LOW_PNG",
-                   help="super-resolve a low-resolution PNG whose size divides the model's (an inverse problem "
-                   "for the unconditional model: average pooling); grid of input (nearest) | output")
+                   help="super-resolve a low-resolution PNG: with a super-resolution model (training.condition="
+                   "low_res) of its size times model.sr_factor; with an unconditional one, of any size dividing the "
+                   "model's (an inverse problem: average pooling); grid of input (nearest) | output")
+    p.add_argument("--base-workdir", default=None, metavar="BASE",
+                   help="a cascade: sample --num low-resolution images from the model in BASE (with --label etc.), "
+                   "then super-resolve them with the super-resolution model of --workdir")
     p.add_argument("--sigma-y", type=_real(), default=0.0,
                    help="noise std of the --upsample pixels, in [0, 1] units (default 0: exact)")
     p.add_argument("--impute-method", default="replace", help="replace (the reference's) or tmpd")
@@ -334,10 +339,12 @@ def cmd_sample(args, overrides):
         labels=_labels(args.label), text=args.text, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, image=args.image, mask=args.inpaint, colorize=args.colorize,
         upsample=args.upsample, sigma_y=args.sigma_y, impute_method=args.impute_method,
+        base_workdir=args.base_workdir,
     )
     prefix = args.out or os.path.join(args.workdir, "samples", f"{result.task or result.sampler}_step{result.step}")
     png = experiment.save_samples(result, prefix)
-    done = {"inpaint": "inpainted ", "colorize": "colorized ", "upsample": "upsampled ", "": ""}[result.task]
+    done = {"inpaint": "inpainted ", "colorize": "colorized ", "upsample": "upsampled ", "cascade": "cascaded ",
+            "": ""}[result.task]
     print(f"{args.num} {done}samples ({result.sampler}, NFE {result.nfe}, {result.wall_s:.1f} s) -> {prefix}.npz, {png}")
     if result.accuracy is not None:
         print(f"accuracy of the bundled digits classifier on the requested labels: {result.accuracy:.3f}")

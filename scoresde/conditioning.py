@@ -3,7 +3,11 @@
 * `y=None`: unconditional, the null condition (written ∅) for the whole batch;
 * class labels: int `(B,)` in [0, num_classes); the label -1 is ∅ for that example;
 * token sequences (cross-attention): int `(B, L)`, token 0 is padding; an all-zero
-  row is ∅ for that example.
+  row is ∅ for that example;
+* a low-resolution image (super-resolution, SR3 / cascaded diffusion): float
+  `(B, H/f, W/f, C)` in the model's data space, for a network with `sr_factor` f, which
+  sees it upsampled and concatenated to x (`low_res_input`); it has no ∅. Training
+  makes it on the fly from each high-resolution batch (`LowResolution.observe`).
 
 `null_condition(y)` is ∅ shaped like y, and `drop_condition(key, y, p)` replaces each
 example's condition by ∅ with probability p (classifier-free guidance training).
@@ -11,6 +15,9 @@ Networks create every condition parameter when initialized with y=None.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -65,3 +72,63 @@ def check_condition(y, batch_size: int, num_classes: int = 0, context_vocab_size
             f"This network cross-attends to tokens (context_vocab_size={context_vocab_size}) and takes y of "
             f"shape ({batch_size}, L), got {y.shape} (class labels need num_classes > 0)."
         )
+
+
+# ----------------------------------------------------------------------------- low-resolution images
+
+
+@dataclasses.dataclass(frozen=True)
+class LowResolution:
+    """The low-resolution condition of a super-resolution model, made on the fly in training:
+    y = A x + noise_std n, A the means of factor x factor blocks (`operators.average_pool`),
+    n ~ N(0, I) (noise augmentation, Ho et al. 2021's conditioning augmentation at one fixed
+    level; noise_std in the model's data space, 0: none). Sampling adds the same noise to the
+    given low-resolution image (`samplers.cascade.upsample`), so the network always sees what
+    it was trained on."""
+
+    factor: int
+    noise_std: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.factor, bool) or not (isinstance(self.factor, int) and self.factor >= 1):
+            raise ValueError(f"The super-resolution factor must be an integer >= 1, got {self.factor!r}.")
+        if isinstance(self.noise_std, bool) or not (isinstance(self.noise_std, (int, float))
+                                                    and math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ValueError(f"The low-resolution noise std must be a finite number >= 0, got {self.noise_std!r}.")
+
+    def augment(self, key, low):
+        """low-resolution images `(B, h, w, C)` plus the noise augmentation, low + noise_std n."""
+        return low if not self.noise_std else low + self.noise_std * jax.random.normal(key, low.shape, low.dtype)
+
+    def observe(self, key, x):
+        """The condition of high-resolution images x `(B, H, W, C)`: `(B, H/f, W/f, C)`."""
+        from scoresde.samplers.operators import average_pool  # (samplers import this module)
+
+        return self.augment(key, average_pool(self.factor).A(x))
+
+
+def check_low_res(y, x_shape, factor: int) -> None:
+    """Raise a clear ValueError unless y (or None) is the low-resolution condition of images
+    x_shape `(B, H, W, C)` for a network with sr_factor `factor`: float `(B, H/f, W/f, C)`."""
+    b, h, w, c = x_shape
+    if h % factor or w % factor:
+        raise ValueError(f"A super-resolution network with sr_factor={factor} needs image sizes divisible by it, "
+                         f"got {h}x{w}.")
+    if y is None:
+        return
+    expected = (b, h // factor, w // factor, c)
+    if tuple(y.shape) != expected:
+        raise ValueError(f"This network super-resolves by {factor} and takes a low-resolution image y of shape "
+                         f"{expected}, got {tuple(y.shape)}.")
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(f"The low-resolution image y must be floating point, got dtype {y.dtype}.")
+
+
+def low_res_input(x, y, factor: int):
+    """The network input of a super-resolution model: x `(B, H, W, C)` and the nearest
+    upsampling of y `(B, H/f, W/f, C)` (A+ y, A the block means) concatenated on the
+    channels, `(B, H, W, 2C)`. y=None (the networks' initialization) gives zeros in its place."""
+    from scoresde.samplers.operators import average_pool  # (samplers import this module)
+
+    up = jnp.zeros_like(x) if y is None else average_pool(factor).pinv(jnp.asarray(y, x.dtype))
+    return jnp.concatenate([x, up], axis=-1)

@@ -110,9 +110,9 @@ def is_image_data(config) -> bool:
 def condition_table(config):
     """What a conditional model reads for each class label: `(num_classes,)` labels for
     training.condition='class', `(num_classes, L)` tokens of the class names for 'spelling';
-    None for an unconditional model. Checks that the network can read it."""
+    None for an unconditional or a super-resolution model. Checks that the network can read it."""
     kind, m = config.training.get("condition", "none"), config.model
-    if kind == "none":
+    if kind in ("none", "low_res"):
         return None
     if config.training.get("objective", "score") != "score":
         raise UserError("training.condition applies to score models; a classifier reads the labels already.")
@@ -137,7 +137,38 @@ def condition_table(config):
             return jnp.asarray(data.spell(names, m.context_length))
         except ValueError as err:
             raise UserError(f"{err} Raise model.context_length.") from None
-    raise UserError(f"Unknown training.condition {kind!r}; valid: none, class, spelling.")
+    raise UserError(f"Unknown training.condition {kind!r}; valid: none, class, spelling, low_res.")
+
+
+def low_res_from_config(config):
+    """The low-resolution condition of a super-resolution config (training.condition='low_res'):
+    a `conditioning.LowResolution` with factor model.sr_factor and noise augmentation
+    data.sr_noise_aug (a std in [0, 1] pixel units, as --sigma-y; doubled for centered data);
+    None for other configs. Checks that the settings agree and the network can take it."""
+    from scoresde.conditioning import LowResolution
+
+    kind, m = config.training.get("condition", "none"), config.model
+    factor, noise = m.get("sr_factor", 0), config.data.get("sr_noise_aug", 0.0)
+    if kind != "low_res":
+        if factor:
+            raise UserError(f"model.sr_factor={factor} makes a super-resolution network: set "
+                            "--config.training.condition=low_res (or model.sr_factor=0).")
+        return None
+    if config.training.get("objective", "score") != "score":
+        raise UserError("training.condition='low_res' applies to score models, not to a classifier.")
+    if not is_image_data(config):
+        raise UserError("training.condition='low_res' (super-resolution) needs image data; this config has 2-D points.")
+    if m.name not in models.model_names() or "sr_factor" not in models.model_fields(m.name):
+        raise UserError(f"training.condition='low_res' needs a network that reads a low-resolution image "
+                        f"(ncsnpp, ddpmpp); the {m.name!r} network does not.")
+    size = config.data.image_size
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or size % factor:
+        raise UserError(f"training.condition='low_res' needs model.sr_factor, an integer >= 1 dividing "
+                        f"data.image_size={size}; got {factor!r}.")
+    if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and math.isfinite(noise) and 0 <= noise <= 1):
+        raise UserError(f"data.sr_noise_aug (the std of the low-resolution images' noise augmentation, in [0, 1] "
+                        f"pixel units) must be a number in [0, 1], got {noise!r}.")
+    return LowResolution(factor, float(noise) * (2.0 if config.data.get("centered", False) else 1.0))
 
 
 def condition_from_labels(config, labels):
@@ -184,11 +215,26 @@ def run_sampler(key, sde, score, shape, sampler: str, options: dict):
     solver's step limit and non-finite samples are UserErrors, so that nothing non-finite is
     ever written."""
     from scoresde.samplers import registry
+
+    return _checked_samples(lambda: registry.sample(key, sde, score, shape, sampler, **options), sampler, options)
+
+
+def run_upsampler(key, sde, score, low, low_res, sampler: str, options: dict):
+    """`samplers.cascade.upsample` of low-resolution images low (the model's data space) with a
+    super-resolution score model, its errors and non-finite samples UserErrors as `run_sampler`'s."""
+    from scoresde.samplers import cascade
+
+    return _checked_samples(lambda: cascade.upsample(key, sde, score, low, low_res, sampler, **options), sampler,
+                            options)
+
+
+def _checked_samples(draw, sampler: str, options: dict):
+    """(x, nfe) of `draw()`, with its errors and non-finite samples as UserErrors."""
     from scoresde.samplers.adaptive_sde import SDESolveError
     from scoresde.samplers.ode import ODESolveError
 
     try:
-        x, nfe = registry.sample(key, sde, score, shape, sampler, **options)
+        x, nfe = draw()
     except (ValueError, ODESolveError, SDESolveError) as err:  # settings, or an adaptive solve's step limit
         raise UserError(str(err)) from err
     bad = int(jnp.sum(~jnp.isfinite(x)))
@@ -258,7 +304,7 @@ def train_kwargs(config) -> dict:
     from scoresde import configs, train
 
     t, o = config.training, config.optim
-    table = condition_table(config)
+    table, low_res = condition_table(config), low_res_from_config(config)
     objective = t.get("objective", "score")
     loss_kwargs = dict(continuous=t.continuous)
     if objective == "score":
@@ -267,7 +313,8 @@ def train_kwargs(config) -> dict:
             likelihood_weighting=t.likelihood_weighting,
             parameterization=config.model.get("parameterization"),
             condition=None if table is None else (lambda batch: table[batch["label"]]),
-            p_uncond=t.get("p_uncond", 0.0),
+            p_uncond=0.0 if low_res else t.get("p_uncond", 0.0),  # a low-resolution image has no null condition
+            low_res=low_res,
             loss=t.get("loss", "dsm"),
             min_snr_gamma=t.get("min_snr_gamma", 0.0),
             t_sampling=t.get("t_sampling", "uniform"),
@@ -375,14 +422,20 @@ def load_ema_params(workdir: str, config, step: int | None = None):
     return state.ema_params, int(state.step)
 
 
-def load_score_fn(workdir: str, step: int | None = None):
+def load_score_fn(workdir: str, step: int | None = None, *, low_res_ok: bool = False):
     """(config, sde, score_fn, step) for the EMA model of a trained workdir.
 
     A conditional model's score_fn is `score_fn(x, t, y=None)` (`condition_from_labels`).
+    A super-resolution model (which needs a low-resolution image y) is a UserError unless
+    `low_res_ok`: what samples or evaluates a model without a condition cannot use it.
     """
     config = load_config(workdir)
     if config.training.get("objective", "score") != "score":
         raise UserError(f"{workdir!r} holds a {config.training.objective}, not a score model.")
+    if not low_res_ok and low_res_from_config(config) is not None:
+        raise UserError(f"{workdir!r} holds a super-resolution model (training.condition='low_res'), which samples "
+                        "given low-resolution images: scoresde sample --workdir <it> --upsample LOW_PNG, or "
+                        "--base-workdir BASE for a cascade.")
     sde, model = sde_from_config(config), model_from_config(config)
     params, step = load_ema_params(workdir, config, step)
     return config, sde, network_score(config, sde, model, params), step
@@ -529,25 +582,36 @@ def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = Tru
     """`train.train`'s `on_snapshot` for a config, or None when training.snapshot_sampling is
     off: samples of the EMA model with the config's sampler (a column per class for a
     conditional model) saved as `samples/step_XXXXXXXX.png` and, with a
-    `reporting.TensorBoardWriter` `tb`, as the TensorBoard image "samples"."""
+    `reporting.TensorBoardWriter` `tb`, as the TensorBoard image "samples". A super-resolution
+    model super-resolves the first test images' low-resolution copies instead: rows of input
+    (nearest) | output | original."""
     from scoresde import reporting
-    from scoresde.samplers import guidance
+    from scoresde.samplers import guidance, operators
 
     if not config.training.snapshot_sampling:
         return None
     num = config.training.get("snapshot_sampling_num", 64)
     num = jax.device_count() * math.ceil(num / jax.device_count())  # split over the devices
     shape = (num,) + data_shape(config)
-    table = condition_table(config)
+    table, low_res = condition_table(config), low_res_from_config(config)
     name, options = sampler_from_config(config)
     nrow = len(table) if table is not None and is_image_data(config) else None
+    if low_res is not None:
+        high = next(iter(eval_images(config, "test", num)))
+        pool = operators.average_pool(low_res.factor)
+        low = pool.A(data.get_data_scaler(config.data.get("centered", False))(jnp.asarray(high)))
+        shown = np.asarray(pool.pinv(pool.A(jnp.asarray(high))))
+        nrow = 24  # eight (input, output, original) triples per row
 
     def on_snapshot(state, step):
         score = network_score(config, sde, model, state.ema_params)
         if table is not None:  # a column per class
             score = guidance.condition(score, table[np.arange(num) % len(table)])
         try:
-            x, nfe = run_sampler(jax.random.PRNGKey(step), sde, score, shape, name, options)
+            if low_res is None:
+                x, nfe = run_sampler(jax.random.PRNGKey(step), sde, score, shape, name, options)
+            else:
+                x, nfe = run_upsampler(jax.random.PRNGKey(step), sde, score, low, low_res, name, options)
         except UserError as err:  # an early, unstable model: no grid, but training goes on
             if verbose and jax.process_index() == 0:
                 print(f"samples at step {step}: none written: {err}", flush=True)
@@ -555,6 +619,8 @@ def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = Tru
         if jax.process_index() != 0:
             return
         x = np.asarray(to_unit_range(x, config))
+        if low_res is not None:  # rows of input | output | original
+            x = np.stack([shown, x, high], 1).reshape((-1,) + x.shape[1:])
         path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
         if nrow:
             reporting.save_image_grid(x, path, nrow=nrow)
@@ -648,11 +714,11 @@ def load_image(source, shape: tuple[int, int, int], num: int) -> np.ndarray:
         raise UserError(f"An image of shape {tuple(shape)} is needed, got {np.shape(source)}.") from None
 
 
-def load_low_res(source, shape: tuple[int, int, int], num: int) -> tuple[np.ndarray, int]:
+def load_low_res(source, shape: tuple[int, int, int], num: int, factor: int | None = None) -> tuple[np.ndarray, int]:
     """A low-resolution image for super-resolution to the data shape (H, W, C), repeated `num`
     times, `(num, H/f, W/f, C)` in [0, 1], and the factor f: an image file (PNG, ...) read at
     its own size, or an array `(h, w, C)` / `(num, h, w, C)` in [0, 1]. Its size must divide
-    the model's by one integer factor (a UserError otherwise)."""
+    the model's by one integer factor, or by `factor` when given (a UserError otherwise)."""
     h_model, w_model, c = shape
     if isinstance(source, (str, os.PathLike)):
         from PIL import Image
@@ -673,6 +739,9 @@ def load_low_res(source, shape: tuple[int, int, int], num: int) -> tuple[np.ndar
     if source.ndim not in (3, 4) or source.shape[-1] != c:
         raise UserError(f"A low-resolution image (h, w, {c}) is needed, got shape {source.shape}.")
     h, w = source.shape[-3:-1]
+    if factor is not None and (h * factor, w * factor) != (h_model, w_model):
+        raise UserError(f"{name} is {w}x{h}; this super-resolution model upsamples {w_model // factor}x"
+                        f"{h_model // factor} images to {w_model}x{h_model} (model.sr_factor {factor}).")
     if h_model % h or w_model % w or h_model // h != w_model // w:
         raise UserError(f"{name} is {w}x{h}; its size must divide the model's {w_model}x{h_model} by one integer "
                         f"factor (e.g. {w_model // 2}x{h_model // 2} for 2x).")
@@ -742,7 +811,7 @@ class Samples:
     labels: np.ndarray | None = None  # the class of each sample
     guidance: float = 0.0
     per_class: bool = False  # every class in turn: a column per class
-    task: str = ""  # "inpaint", "colorize", "upsample", or "" (sampling)
+    task: str = ""  # "inpaint", "colorize", "upsample", "cascade", or "" (sampling)
     original: np.ndarray | None = None
     shown: np.ndarray | None = None
     accuracy: float | None = None  # digits: the bundled classifier's accuracy on the labels
@@ -784,6 +853,7 @@ def sample_workdir(
     upsample=None,
     sigma_y: float = 0.0,
     impute_method: str = "replace",
+    base_workdir: str | None = None,
     step: int | None = None,
 ) -> Samples:
     """`num` samples of the EMA model of a trained workdir (latest checkpoint, or `step`).
@@ -792,9 +862,24 @@ def sample_workdir(
     settings, `resolve_sampler`). labels, text, guidance, classifier, classifier_scale: the
     condition and guidance (`conditioned_score`). image with a mask, or with colorize:
     inpaint or colorize that image instead; upsample: super-resolve that low-resolution
-    image (noise std sigma_y) (`impute`, method `impute_method`). The files: `save_samples`.
+    image (noise std sigma_y) (`impute`, method `impute_method`). A super-resolution workdir
+    (training.condition='low_res') upsamples `upsample`, or the samples of `base_workdir`
+    (a cascade; the condition and guidance apply to the base), with its own model
+    (`upsample_workdir`). The files: `save_samples`.
     """
-    check_sample_memory(load_config(workdir), num)
+    config = load_config(workdir)
+    check_sample_memory(config, num)
+    if low_res_from_config(config) is not None:
+        if image is not None or mask is not None or colorize or sigma_y or impute_method != "replace":
+            raise UserError(f"{workdir!r} holds a super-resolution model: it takes --upsample LOW_PNG or "
+                            "--base-workdir BASE, not --image, --inpaint, --colorize, --sigma-y or --impute-method "
+                            "(those are for unconditional models).")
+        return upsample_workdir(workdir, num, upsample=upsample, base_workdir=base_workdir, sampler=sampler,
+                                options=options, seed=seed, step=step, labels=labels, text=text, guidance=guidance,
+                                classifier=classifier, classifier_scale=classifier_scale)
+    if base_workdir is not None:
+        raise UserError(f"--base-workdir feeds a super-resolution model (training.condition='low_res'); {workdir!r} "
+                        f"holds none (training.condition={config.training.get('condition', 'none')!r}).")
     config, sde, score, step = load_score_fn(workdir, step)
     name, options = resolve_sampler(config, sampler, options)
     key = jax.random.PRNGKey(seed)
@@ -821,6 +906,53 @@ def sample_workdir(
         accuracy = digits_accuracy(x, sample_labels)
     per_class = sample_labels is not None and labels is None and is_image_data(config)
     return Samples(x, nfe, name, options, step, wall, sample_labels, guidance, per_class, accuracy=accuracy, **imputed)
+
+
+def upsample_workdir(workdir: str, num: int = 64, *, upsample=None, base_workdir: str | None = None,
+                     sampler: str | None = None, options: dict | None = None, seed: int = 0,
+                     step: int | None = None, **base_condition) -> Samples:
+    """`num` high-resolution samples of the super-resolution model in `workdir` given either the
+    low-resolution image(s) `upsample` (a file or an array in [0, 1], `load_low_res`; its size
+    must be the model's divided by model.sr_factor) or, for a cascade, `num` samples of the
+    model in `base_workdir` (`sample_workdir` with `base_condition`: labels, text, guidance,
+    classifier, classifier_scale). sampler and options apply to both stages, each with its own
+    config's defaults. The noise augmentation the model was trained with is added to the
+    low-resolution images (`samplers.cascade.upsample`). The result's `shown` is the
+    low-resolution input upsampled nearest, its nfe that of both stages."""
+    config = load_config(workdir)
+    check_sample_memory(config, num)
+    low_res = low_res_from_config(config)
+    if low_res is None:
+        raise UserError(f"{workdir!r} holds no super-resolution model (training.condition='low_res'); super-resolve "
+                        "with an unconditional model through sample_workdir(upsample=...).")
+    if (upsample is None) == (base_workdir is None):
+        raise UserError(f"{workdir!r} holds a super-resolution model: give it the low-resolution image to upsample "
+                        "(--upsample LOW_PNG) or a base model to sample them from (--base-workdir BASE), one of the two.")
+    if base_workdir is None and any(v for v in base_condition.values() if v not in (None, 1.0)):
+        raise UserError("--label, --text, --guidance and --classifier condition the base model of a cascade "
+                        "(--base-workdir); a super-resolution model takes only the low-resolution image.")
+    h, w, c = data_shape(config)
+    f = low_res.factor
+    if base_workdir is not None:
+        base_shape = data_shape(load_config(base_workdir))
+        if tuple(base_shape) != (h // f, w // f, c):
+            raise UserError(f"The base model in {base_workdir!r} makes {base_shape} images; the super-resolution "
+                            f"model in {workdir!r} upsamples {(h // f, w // f, c)} ones (sr_factor {f}).")
+    else:
+        low, _ = load_low_res(upsample, (h, w, c), num, f)
+    config, sde, score, step = load_score_fn(workdir, step, low_res_ok=True)
+    name, sr_options = resolve_sampler(config, sampler, options)
+    start, base, nfe_base = time.perf_counter(), None, 0
+    if base_workdir is not None:
+        base = sample_workdir(base_workdir, num, sampler=sampler, options=options, seed=seed, **base_condition)
+        low, nfe_base = base.samples, base.nfe
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)  # the base stage's is PRNGKey(seed)
+    to_model = data.get_data_scaler(config.data.get("centered", False))
+    x, nfe = run_upsampler(key, sde, score, to_model(jnp.asarray(low)), low_res, name, sr_options)
+    shown = np.repeat(np.repeat(low, f, 1), f, 2)
+    return Samples(np.asarray(to_unit_range(x, config)), nfe_base + nfe, name, sr_options, step,
+                   time.perf_counter() - start, labels=None if base is None else base.labels,
+                   task="upsample" if base is None else "cascade", shown=shown)
 
 
 def save_samples(result: Samples, prefix: str) -> str:

@@ -49,6 +49,9 @@ Conditional models: `condition(batch) -> y` reads the condition (class labels `(
 or tokens `(B, L)`) from a batch, and each example's condition is replaced by the null
 condition with probability `p_uncond` (drawn with `jax.random.fold_in(key, 3)`), so
 one network learns s(x, t, y) and s(x, t, None) for classifier-free guidance.
+Super-resolution models: `low_res` (a `conditioning.LowResolution`) makes y from the batch
+itself, the block means of each image plus its noise augmentation (drawn with
+`jax.random.fold_in(key, 4)`): pairs made on the fly.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde import sde_lib
-from scoresde.conditioning import drop_condition
+from scoresde.conditioning import LowResolution, drop_condition
 from scoresde.score import (
     SIGMA_DATA,
     check_network,
@@ -96,11 +99,29 @@ def _flat(x):
     return x.reshape((x.shape[0], -1))
 
 
-def batch_condition(condition, p_uncond: float, key, batch):
-    """The batch's condition with per-example dropout to null, or None for unconditional models."""
+def batch_condition(condition, p_uncond: float, key, batch, low_res: LowResolution | None = None):
+    """The batch's condition with per-example dropout to null, the low-resolution images of its
+    images for a super-resolution model (`low_res`), or None for unconditional models."""
+    if low_res is not None:
+        return low_res.observe(jax.random.fold_in(key, 4), batch_images(batch))
     if condition is None:
         return None
     return drop_condition(jax.random.fold_in(key, 3), condition(batch), p_uncond)
+
+
+def check_condition_kwargs(condition, p_uncond: float, low_res) -> None:
+    """One-line ValueErrors for conditioning settings that do not go together."""
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}.")
+    if low_res is None:
+        return
+    if not isinstance(low_res, LowResolution):
+        raise ValueError(f"low_res must be a scoresde.conditioning.LowResolution, got {type(low_res).__name__}.")
+    if condition is not None:
+        raise ValueError("A super-resolution model (low_res) is conditioned on the low-resolution image only; "
+                         "pass condition=None.")
+    if p_uncond:
+        raise ValueError("A low-resolution condition has no null condition to drop to: set p_uncond=0.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,12 +242,15 @@ def get_objective_loss_fn(
     condition: Callable | None = None,
     p_uncond: float = 0.0,
     sigma_data: float = SIGMA_DATA,
+    low_res: LowResolution | None = None,
 ) -> SplitLoss:
     """The loss of an `Objective`, per example weight(t) ||F(score) - F(x0, z)||^2, F its
     target parameterization, x(t) = s(t) x0 + sigma(t) z (see `get_sde_loss_fn` for the
-    other arguments; sigma_data is the 'edm' parameterization's)."""
+    other arguments; sigma_data is the 'edm' parameterization's; low_res: the condition of a
+    super-resolution model, made from each batch)."""
     reduce_op = _reduce_op(reduce_mean)
     check_network(model, parameterization or default_parameterization(sde), continuous)
+    check_condition_kwargs(condition, p_uncond, low_res)
 
     def draw(key, batch):
         """The batch's randomness: per-example times t, noise z and condition y, and the dropout key."""
@@ -234,7 +258,7 @@ def get_objective_loss_fn(
         k_t, k_z, k_dropout = jax.random.split(key, 3)
         t = objective.sample_t(k_t, data.shape[0], data.dtype)
         z = jax.random.normal(k_z, data.shape, data.dtype)
-        y = batch_condition(condition, p_uncond if train else 0.0, key, batch)
+        y = batch_condition(condition, p_uncond if train else 0.0, key, batch, low_res)
         return {"t": t, "z": z, "y": y}, k_dropout
 
     def per_example(params, batch, noise, k_dropout):
@@ -372,26 +396,27 @@ def get_loss_fn(
     sigma_data: float = SIGMA_DATA,
     p_mean: float = EDM_P_MEAN,
     p_std: float = EDM_P_STD,
+    low_res: LowResolution | None = None,
 ) -> LossFn:
     """The reference's choice (`get_step_fn`): the SDE loss if `continuous`, else SMLD
     for VE and DDPM for VP SDEs. Defaults are the reference config's
     (`training.reduce_mean=False`, `continuous=True`, `likelihood_weighting=False`).
-    Conditional training (`condition`, `p_uncond`) needs the continuous loss, and so do the
-    objectives `loss` (`get_objective`: dsm, edm, flow_matching, v) and their options.
+    Conditional training (`condition`, `p_uncond`; `low_res` for super-resolution) needs the
+    continuous loss, and so do the objectives `loss` (`get_objective`: dsm, edm,
+    flow_matching, v) and their options.
     """
-    if not 0.0 <= p_uncond <= 1.0:
-        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}.")
+    check_condition_kwargs(condition, p_uncond, low_res)
     if continuous:
         objective = get_objective(
             loss, sde, eps=eps, likelihood_weighting=likelihood_weighting, min_snr_gamma=min_snr_gamma,
             t_sampling=t_sampling, sigma_data=sigma_data, p_mean=p_mean, p_std=p_std,
         )
         return get_objective_loss_fn(sde, model, train, objective, reduce_mean, True, parameterization,
-                                     condition, p_uncond, sigma_data)
+                                     condition, p_uncond, sigma_data, low_res)
     if loss != "dsm" or min_snr_gamma or t_sampling != "uniform":
         raise ValueError(f"The {loss!r} loss (min_snr_gamma, t_sampling) needs the continuous loss: set "
                          "training.continuous=True.")
-    if condition is not None:
+    if condition is not None or low_res is not None:
         raise ValueError("Conditional training needs the continuous loss: set training.continuous=True.")
     if likelihood_weighting:
         raise ValueError("Likelihood weighting is not supported for the discrete SMLD/DDPM losses.")

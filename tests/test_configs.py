@@ -18,7 +18,8 @@ CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_classifier", 
 OBJECTIVE = {"digits_edm": ("edm", "edm", "edm"), "digits_fm": ("rectified_flow", "flow_matching", "velocity"),
              "digits_v": ("vpsde", "v", "v")}
 TOYS = [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
-CPU = ["digits_vp", "digits_ve", "digits_dit"] + CONDITIONAL + list(OBJECTIVE) + TOYS
+SUPER_RESOLUTION = ["digits_sr", "photos_vp", "photos_sr"]
+CPU = ["digits_vp", "digits_ve", "digits_dit"] + CONDITIONAL + list(OBJECTIVE) + SUPER_RESOLUTION + TOYS
 
 REFERENCE_NAMES = {
     "vp/cifar10_ddpmpp", "vp/cifar10_ddpmpp_continuous", "vp/cifar10_ddpmpp_deep_continuous",

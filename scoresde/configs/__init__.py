@@ -46,12 +46,13 @@ NON_NETWORK_MODEL_KEYS = frozenset(
 # what the run trains, what it conditions on, and the networks' conditioning fields.
 CONDITIONING_DEFAULTS = {
     "training.objective": "score",  # or "classifier": a noise-conditional classifier for guidance
-    "training.condition": "none",  # or "class" (labels) or "spelling" (tokens of the label's name)
+    "training.condition": "none",  # or "class" (labels), "spelling" (tokens of the label's name), "low_res"
     "training.p_uncond": 0.1,  # condition dropout, for classifier-free guidance
     "model.num_classes": 0,  # > 0: class-conditional network
     "model.context_vocab_size": 0,  # > 0: cross-attention on token sequences
     "model.context_length": 8,
     "model.context_dim": 64,
+    "model.sr_factor": 0,  # > 0: super-resolution network, x concatenated with the upsampled low-res image
 }
 # Memory options every config gets: gradient accumulation over micro-batches, and for the
 # NCSN++/DDPM++ networks gradient checkpointing per residual block and mixed precision.
@@ -71,7 +72,7 @@ LOSS_DEFAULTS = {
     "model.sigma_data": 0.5,
 }
 OBJECTIVES = ("score", "classifier")
-CONDITIONS = ("none", "class", "spelling")
+CONDITIONS = ("none", "class", "spelling", "low_res")
 OPTIMIZERS = ("Adam",)  # optim.optimizer: the reference's only choice (`experiment.train_kwargs`)
 # config.model keys of the default_*_configs files, shared by configs whose networks may not
 # read them all (the DDPM network has no embedding_type or fourier_scale, nor conditioning).
@@ -460,7 +461,7 @@ def _dataset_ok(name: str) -> bool:
     from scoresde import analytic, data
 
     toy = name[4:] if name.startswith("toy:") else name
-    if name in data.TFDS_NAMES or name.startswith("lsun/") or name in ("digits", "digits_color") or toy in analytic.TOY_TARGETS:
+    if name in data.TFDS_NAMES or name.startswith("lsun/") or name in ("digits", "digits_color", "photos") or toy in analytic.TOY_TARGETS:
         return True
     # A folder of images or an .npz/.npy file (it need not exist yet).
     return "/" in name or os.sep in name or name.endswith((".npz", ".npy"))

@@ -25,7 +25,10 @@ Names:
     fashion_mnist. They must be prepared first (the error says how).
   - digits: scikit-learn's bundled 8x8 handwritten digits (no download), 17 grey
     levels; `digits_split` fixes the train/test split. digits_color: the same, each
-    digit tinted in one of six saturated colours (for colorization).
+    digit tinted in one of six saturated colours (for colorization). Smaller sizes
+    that divide 8 are the means of pixel blocks (low-resolution digits).
+  - photos: 16x16 RGB crops of scikit-learn's two bundled sample photographs (no
+    download), training and test crops from disjoint regions (`photos_split`).
   - toy:<name> (or the bare name) for `scoresde.analytic.toy_target`: 8gaussians,
     grid, moons, swissroll, checkerboard. An infinite stream of fresh samples.
   - a path: a folder of PNG/JPEG images, or an .npz file holding an image array.
@@ -55,6 +58,7 @@ from scoresde.data.sources import (
     load_image_folder,
     load_npz,
     open_tfds,
+    photos_split,
 )
 
 __all__ = [
@@ -77,6 +81,7 @@ __all__ = [
     "load_image_folder",
     "load_npz",
     "open_tfds",
+    "photos_split",
     "resize",
     "resize_small",
     "spell",

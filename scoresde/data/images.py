@@ -111,3 +111,15 @@ def _resize_all(images: np.ndarray, image_size) -> np.ndarray:
     u8 = np.round(images * 255.0).astype(np.uint8)
     out = np.stack([resize(img, (image_size, image_size)) for img in u8])
     return out.astype(np.float32) / 255.0
+
+
+def downscale(images: np.ndarray, image_size) -> np.ndarray:
+    """Float images (N, H, W, C) at image_size x image_size: the means of f x f blocks where
+    image_size divides H = W by f (so a smaller copy of a data set holds exactly the
+    low-resolution images of a super-resolution model, `conditioning.LowResolution`),
+    else `_resize_all`."""
+    n, h, w, c = images.shape
+    if image_size is None or h != w or image_size >= h or h % image_size:
+        return _resize_all(images, image_size)
+    f = h // image_size
+    return images.reshape(n, image_size, f, image_size, f, c).mean(axis=(2, 4)).astype(images.dtype)

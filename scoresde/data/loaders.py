@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from scoresde.data.images import _resize_all
+from scoresde.data.images import downscale
 from scoresde.data.iterators import DataIterator, ToyIterator
 from scoresde.data.sources import (
     TFDS_NAMES,
@@ -15,6 +15,7 @@ from scoresde.data.sources import (
     digits_color_split,
     digits_split,
     load_image_folder,
+    photos_split,
     load_npz,
     open_tfds,
 )
@@ -43,14 +44,16 @@ def get_dataset(
     Args:
       name: a TFDS name (cifar10, svhn_cropped, celeb_a, lsun/<category>, mnist,
         fashion_mnist; case-insensitive, so the reference's CIFAR10, SVHN and CELEBA
-        work), "digits", "toy:<name>" (or a toy's bare name), or a path to a folder of
-        PNG/JPEG images or to an .npz file.
+        work), "digits", "digits_color", "photos", "toy:<name>" (or a toy's bare name), or
+        a path to a folder of PNG/JPEG images or to an .npz file.
       split: "train" or "test" ("eval"; CelebA and LSUN use their validation split).
-        For digits the split of `digits_split(seed=0)`; for folders and .npz files
-        and toys, the same data whatever the split.
+        For digits the split of `digits_split(seed=0)`, for photos `photos_split()`; for
+        folders and .npz files and toys, the same data whatever the split.
       batch_size: the global batch size (divisible by the number of processes).
       image_size: output height = width; None keeps the native size (CelebA 64,
-        LSUN 256 by default).
+        LSUN 256 by default). digits and photos at a size dividing theirs (8, 16) are
+        the means of pixel blocks (`images.downscale`), the low-resolution images of
+        super-resolution.
       centered: scale to [-1, 1] instead of [0, 1].
       random_flip: random horizontal flips; default True for training images,
         False for evaluation, toys and digits.
@@ -90,8 +93,13 @@ def get_dataset(
     if name in ("digits", "digits_color"):
         train_x, train_y, test_x, test_y = (digits_split if name == "digits" else digits_color_split)(0)
         x, y = (train_x, train_y) if train else (test_x, test_y)
-        x = _resize_all(x, image_size)
-        return DataIterator(ArraySource(x, y), batch_size, random_flip=bool(random_flip), **common)
+        return DataIterator(ArraySource(downscale(x, image_size), y), batch_size, random_flip=bool(random_flip),
+                            **common)
+    if name == "photos":
+        train_x, train_y, test_x, test_y = photos_split()
+        x, y = (train_x, train_y) if train else (test_x, test_y)
+        return DataIterator(ArraySource(downscale(x, image_size), y), batch_size,
+                            random_flip=train if random_flip is None else random_flip, **common)
 
     random_flip = train if random_flip is None else random_flip
     if name in TFDS_NAMES or name.startswith("lsun/"):
@@ -107,6 +115,6 @@ def get_dataset(
     else:
         raise ValueError(
             f"Unknown data set {name!r}: expected one of {', '.join(sorted(set(TFDS_NAMES)))}, lsun/<category>, "
-            f"digits, toy:<{'|'.join(analytic.TOY_TARGETS)}>, a folder of PNG/JPEG images or an .npz file."
+            f"digits, digits_color, photos, toy:<{'|'.join(analytic.TOY_TARGETS)}>, a folder of PNG/JPEG images or an .npz file."
         )
     return DataIterator(ArraySource(images, labels), batch_size, random_flip=random_flip, **common)

@@ -161,6 +161,62 @@ def digits_color_split(seed: int = 0):
     tint = lambda x, c: x * c[:, None, None, :]  # noqa: E731
     return tint(train_x, colors[: len(train_x)]), train_y, tint(test_x, colors[len(train_x) :]), test_y
 
+# ----------------------------------------------------------------------------- photos
+
+PHOTO_FILES = ("china.jpg", "flower.jpg")
+PHOTO_CROP = 16  # the crops' native size
+
+
+@functools.cache
+def _load_photos_cached():
+    """scikit-learn's two sample photographs (what `load_sample_images` reads) halved by 2x2
+    block means (PIL's box `reduce`): uint8 (213, 320, 3) each."""
+    from PIL import Image
+
+    spec = importlib.util.find_spec("sklearn")
+    folders = [os.path.join(loc, "datasets", "images") for loc in (spec.submodule_search_locations or [])] if spec else []
+    folder = next((f for f in folders if all(os.path.exists(os.path.join(f, n)) for n in PHOTO_FILES)), None)
+    if folder is None:
+        raise FileNotFoundError("The 'photos' data set reads scikit-learn's sample images (china.jpg, flower.jpg): "
+                                "pip install scikit-learn.")
+    photos = []
+    for name in PHOTO_FILES:
+        with Image.open(os.path.join(folder, name)) as im:
+            photos.append(np.asarray(im.convert("RGB").reduce(2)))
+    return tuple(photos)
+
+
+def _crops(photo: np.ndarray, size: int, stride: int, columns: slice) -> np.ndarray:
+    """Every size x size window at the stride that lies in `columns` of an image (H, W, C)."""
+    region = photo[:, columns]
+    h, w = region.shape[:2]
+    return np.stack([region[i:i + size, j:j + size] for i in range(0, h - size + 1, stride)
+                     for j in range(0, w - size + 1, stride)])
+
+
+def photos_split(train_fraction: float = 0.75):
+    """Crops of scikit-learn's two sample photographs (no download), a small RGB set for
+    super-resolution on a CPU. Each photo, halved to 320x213, is split by columns: the
+    training crops are every 16x16 window at stride 4 in its left `train_fraction` (x < 240:
+    2850 per photo), the test crops every window at stride 8 in the rest (225 per photo), so
+    the two share no pixel. Images are float32 (N, 16, 16, 3) in [0, 1]; the label is the
+    photo (0 china, 1 flower).
+
+    Returns (train_images, train_labels, test_images, test_labels).
+    """
+    parts = {"train": ([], []), "test": ([], [])}
+    for label, photo in enumerate(_load_photos_cached()):
+        cut = int(round(train_fraction * photo.shape[1]))
+        for split, stride, columns in (("train", 4, slice(0, cut)), ("test", 8, slice(cut, None))):
+            crops = _crops(photo, PHOTO_CROP, stride, columns)
+            parts[split][0].append(crops)
+            parts[split][1].append(np.full(len(crops), label, np.int32))
+    out = []
+    for split in ("train", "test"):
+        out += [np.concatenate(parts[split][0]).astype(np.float32) / 255.0, np.concatenate(parts[split][1])]
+    return tuple(out)
+
+
 # ----------------------------------------------------------------------------- files
 
 

@@ -1,7 +1,8 @@
 """Sample-quality evaluation: FID / FD-digits, KID and Inception Score.
 
 Metrics on features (`metrics`): `frechet_distance`, `kid`, `inception_score`,
-streaming `FeatureStats`, `Stats` with `save_stats` / `load_stats`.
+streaming `FeatureStats`, `Stats` with `save_stats` / `load_stats`; in pixel space, for
+super-resolution, `psnr` and `patch_frechet_distance` (FD of all 4x4 patches).
 
 Feature spaces (`feature_spaces`), each result naming its own:
   - "inception_v3_fid": the FID Inception-v3 (`inception`), from locally converted
@@ -28,8 +29,11 @@ from scoresde.evaluation.metrics import (
     frechet_distance,
     inception_score,
     kid,
+    image_patches,
     load_stats,
+    patch_frechet_distance,
     polynomial_mmd2,
+    psnr,
     save_stats,
     stats_from_features,
 )

@@ -128,6 +128,42 @@ def inception_score(logits, splits=10, from_logits=True):
 
 
 # --------------------------------------------------------------------------------------
+# Pixel-space metrics (super-resolution against the true images)
+# --------------------------------------------------------------------------------------
+
+
+def psnr(images, reference, peak: float = 1.0):
+    """Peak signal-to-noise ratio of each image against its reference, `(N,)` in dB:
+    10 log10(peak^2 / MSE), MSE over the pixels of one image `(H, W, C)` (inf where equal)."""
+    a, b = np.asarray(images, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR compares images of one shape, got {a.shape} and {b.shape}")
+    mse = np.mean((a - b).reshape(len(a), -1) ** 2, axis=1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(peak**2 / mse)
+
+
+def image_patches(images, size: int):
+    """Every size x size patch of images `(N, H, W, C)`, flattened: `(N (H - size + 1)
+    (W - size + 1), size^2 C)`."""
+    x = np.asarray(images, np.float64)
+    n, h, w, c = x.shape
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"patch size must be in [1, {min(h, w)}] for {h}x{w} images, got {size}")
+    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))  # (n, h', w', c, s, s)
+    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * c)
+
+
+def patch_frechet_distance(images1, images2, size: int = 4) -> float:
+    """The Fréchet distance between the distributions of all size x size pixel patches of two
+    image sets (`image_patches`): "FD-patch", a feature space of local texture statistics,
+    for images no pretrained network reads (a few hundred 16x16 crops: tens of thousands of
+    48-d patches, where the whole images' 768-d covariance would be rank-deficient)."""
+    s1, s2 = (stats_from_features(image_patches(x, size), f"patches{size}") for x in (images1, images2))
+    return frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma)
+
+
+# --------------------------------------------------------------------------------------
 # Feature statistics
 # --------------------------------------------------------------------------------------
 

@@ -12,8 +12,11 @@ ladder `get_sigmas` used with discrete (positional) labels.
 Conditioning (not in the reference; see `scoresde.conditioning` for the convention on y):
 `num_classes` > 0 adds a class embedding to the time embedding; `context_vocab_size`
 > 0 embeds token sequences (`layers.ContextEmbedding`) and follows every
-self-attention block with a `layers.CrossAttnBlock` to them. With both 0 (the
-defaults) the network and its parameters are the reference's.
+self-attention block with a `layers.CrossAttnBlock` to them. `sr_factor` f > 0 makes a
+super-resolution network (SR3, Saharia et al. 2021; cascaded diffusion, Ho et al. 2021): y
+is a low-resolution image `(B, H/f, W/f, C)`, upsampled (nearest) and concatenated to x on
+the channels (`conditioning.low_res_input`), so only the first convolution grows. With all
+three 0 (the defaults) the network and its parameters are the reference's.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 
 from scoresde.models import layers
 from scoresde.models.layers import conv3x3, default_init, divide_by_sigma, group_norm
-from scoresde.conditioning import check_condition
+from scoresde.conditioning import check_condition, check_low_res, low_res_input
 from scoresde.models.registry import get_sigmas, register_model
 
 
@@ -69,6 +72,7 @@ class NCSNpp(nn.Module):
     context_vocab_size: int = 0
     context_length: int = 8
     context_dim: int = 64
+    sr_factor: int = 0  # > 0: y is a low-resolution image (B, H/f, W/f, C) concatenated to x, upsampled
     remat: bool = False  # gradient checkpointing: recompute each residual block in the backward pass
     compute_dtype: str = "float32"  # "bfloat16": mixed precision (float32 parameters, GroupNorm statistics, softmax)
 
@@ -88,14 +92,23 @@ class NCSNpp(nn.Module):
                 raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
         if self.conv_size != 3:
             raise ValueError(f"Only conv_size 3 is implemented (as in the reference), got {self.conv_size}.")
+        if isinstance(self.sr_factor, bool) or not (isinstance(self.sr_factor, int) and self.sr_factor >= 0):
+            raise ValueError(f"sr_factor must be an integer >= 0 (0: no low-resolution input), got {self.sr_factor!r}.")
+        if self.sr_factor and (self.num_classes or self.context_vocab_size):
+            raise ValueError("A super-resolution network (sr_factor > 0) takes the low-resolution image as its "
+                             "condition y; it cannot also take class labels or tokens.")
         if self.num_classes and not self.conditional:
             raise ValueError("Class conditioning (num_classes > 0) needs conditional=True (a time embedding).")
 
     @nn.compact
     def __call__(self, x, time_cond, y=None, train: bool = True):
-        """y: None, class labels `(B,)` or tokens `(B, L)`, as configured (see `scoresde.conditioning`)."""
+        """y: None, class labels `(B,)`, tokens `(B, L)` or a low-resolution image `(B, H/f, W/f, C)`, as
+        configured (see `scoresde.conditioning`)."""
         self._check()
-        check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size)
+        if self.sr_factor:
+            check_low_res(y, x.shape, self.sr_factor)
+        else:
+            check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size)
         act = layers.get_act(self.nonlinearity)
         nf, ch_mult, num_res_blocks = self.nf, self.ch_mult, self.num_res_blocks
         attn_resolutions, num_resolutions = tuple(self.attn_resolutions), len(ch_mult)
@@ -165,6 +178,9 @@ class NCSNpp(nn.Module):
                 skip_rescale=skip_rescale,
             )
 
+        channels = x.shape[-1]  # of the output
+        if self.sr_factor:  # the low-resolution image is in the data space too
+            x = low_res_input(x, y, self.sr_factor)
         if not self.centered:
             # Input data in [0, 1]: map to [-1, 1].
             x = 2 * x - 1.0
@@ -211,12 +227,12 @@ class NCSNpp(nn.Module):
             if progressive != "none":
                 if i_level == num_resolutions - 1:
                     if progressive == "output_skip":
-                        pyramid = conv3x3(act(group_norm(h)), x.shape[-1], bias=True, init_scale=init_scale)
+                        pyramid = conv3x3(act(group_norm(h)), channels, bias=True, init_scale=init_scale)
                     else:
                         pyramid = conv3x3(act(group_norm(h)), h.shape[-1], bias=True)
                 elif progressive == "output_skip":
                     pyramid = pyramid_upsample()(pyramid)
-                    pyramid = pyramid + conv3x3(act(group_norm(h)), x.shape[-1], bias=True, init_scale=init_scale)
+                    pyramid = pyramid + conv3x3(act(group_norm(h)), channels, bias=True, init_scale=init_scale)
                 else:
                     pyramid = pyramid_upsample(out_ch=h.shape[-1])(pyramid)
                     pyramid = layers.rescaled_sum(pyramid, h) if skip_rescale else pyramid + h
@@ -234,7 +250,7 @@ class NCSNpp(nn.Module):
             h = pyramid
         else:
             h = act(group_norm(h))
-            h = conv3x3(h, x.shape[-1], init_scale=init_scale)
+            h = conv3x3(h, channels, init_scale=init_scale)
 
         h = h.astype(jnp.float32)
         if self.scale_by_sigma:
