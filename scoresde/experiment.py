@@ -8,8 +8,8 @@ A workdir holds `config.json` (the resolved config the run was started with),
 `checkpoints/` and `checkpoints-meta/`, `metrics.jsonl`, `tensorboard/`, `samples/`.
 
 What the `scoresde` commands do is here as one call each, with explicit arguments:
-`train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization, super-resolution)
-with `save_samples`, `likelihood_report`; `ablation.ablate_workdir` / `ablate_target`
+`train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization, super-resolution;
+conditional super-resolution models and cascades through `upsample_workdir`) with `save_samples`, `likelihood_report`; `ablation.ablate_workdir` / `ablate_target`
 and `evaluation.evaluate_workdir` / `dataset_stats` are the others.
 """
 

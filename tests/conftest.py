@@ -62,7 +62,7 @@ SLOW = (
     "tests/test_imputation.py::test_tmpd_2d_exact_conditional",
     "tests/test_conditional_models.py::test_cross_attention_ncsnpp",
     "tests/test_memory_options.py::test_accumulation_cuts_the_step_memory",
-    "tests/test_super_resolution.py::test_cli_upsample_and_cascade_write_before_after_grids",
+    "tests/test_super_resolution.py::test_cli_cascade",
 )
 
 

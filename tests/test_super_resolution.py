@@ -227,14 +227,14 @@ def test_cascade_errors():
 
 def test_photos_split_and_pooled_small_copies():
     train_x, train_y, test_x, test_y = data.photos_split()
-    assert train_x.shape == (5700, 16, 16, 3) and test_x.shape == (450, 16, 16, 3)
+    assert train_x.shape == (4268, 16, 16, 3) and test_x.shape == (270, 16, 16, 3)
     assert train_x.dtype == np.float32 and 0 <= train_x.min() and train_x.max() <= 1
-    assert np.bincount(train_y).tolist() == [2850, 2850] and np.bincount(test_y).tolist() == [225, 225]
+    assert np.bincount(train_y).tolist() == [2134, 2134] and np.bincount(test_y).tolist() == [135, 135]
     # Disjoint regions: no test crop is a training crop (nor a flip of one).
     train_keys = {c.tobytes() for c in train_x} | {c[:, ::-1].tobytes() for c in train_x}
     assert not any(c.tobytes() in train_keys for c in test_x)
     # A smaller copy is the block means (the super-resolution models' low-resolution images).
-    small = next(data.get_dataset("photos", "test", 450, image_size=8, shuffle=False))["image"]
+    small = next(data.get_dataset("photos", "test", 270, image_size=8, shuffle=False))["image"]
     np.testing.assert_allclose(small, _block_means(test_x, 2), atol=1e-6)
     digits4 = next(data.get_dataset("digits", "test", 359, image_size=4, shuffle=False))["image"]
     digits8 = next(data.get_dataset("digits", "test", 359, shuffle=False))["image"]
@@ -288,17 +288,24 @@ TINY = ["--config.training.n_iters=2", "--config.training.batch_size=16", "--con
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
-    """A tiny digits_sr run (with its snapshot grid) and a tiny 4x4 digits base for the cascade."""
-    root = tmp_path_factory.mktemp("sr")
-    run("train", "--config", "digits_sr", "--workdir", str(root / "sr"), *TINY,
-        "--config.sampling.method=ddim")
-    run("train", "--config", "digits_vp", "--workdir", str(root / "base4"), *TINY, "--config.data.image_size=4",
-        "--config.training.snapshot_sampling=False")
-    return str(root / "sr"), str(root / "base4")
+    """Tiny trained workdirs, each trained on first use: a digits_sr run (with its snapshot grid)
+    and a 4x4 digits model, the base of the cascade."""
+    root, trained = tmp_path_factory.mktemp("sr"), {}
+    commands = {"sr": ["--config", "digits_sr", "--config.sampling.method=ddim"],
+                "base4": ["--config", "digits_vp", "--config.data.image_size=4", "--config.training.snapshot_sampling=False"]}
+
+    class Workdirs:
+        def __getitem__(self, name):
+            if name not in trained:
+                trained[name] = str(root / name)
+                run("train", "--workdir", trained[name], *TINY, *commands[name])
+            return trained[name]
+
+    return Workdirs()
 
 
-def test_cli_upsample_and_cascade_write_before_after_grids(workdirs, tmp_path):
-    sr, base = workdirs
+def test_cli_upsample_writes_a_before_after_grid(workdirs, tmp_path):
+    sr = workdirs["sr"]
     snapshot = np.asarray(Image.open(f"{sr}/samples/step_00000002.png"))
     assert snapshot.shape[1] > snapshot.shape[0]  # 64 (input, output, original) triples, 8 per row
     pixels = np.array([[0, 255, 0, 0], [0, 255, 0, 0], [0, 255, 255, 0], [0, 0, 255, 0]], np.uint8)
@@ -311,23 +318,29 @@ def test_cli_upsample_and_cascade_write_before_after_grids(workdirs, tmp_path):
     grid = np.asarray(Image.open(out + ".png"))
     assert grid.shape == (8 * 19, 8 * 19)  # 2 rows of input | output, 8x8 tiles upscaled 8x, 1-pixel gaps
     np.testing.assert_array_equal(grid[8:72, 8:72], np.kron(pixels, np.ones((16, 16), np.uint8)))  # nearest
-    out = str(tmp_path / "cascade")
-    run("sample", "--workdir", sr, "--base-workdir", base, "--sampler", "ddim", "--steps", "2", "--num", "3",
-        "--out", out)
-    saved = np.load(out + ".npz")
-    assert saved["samples"].shape == (3, 8, 8, 1) and int(saved["nfe"]) == 4  # both stages
-    assert np.asarray(Image.open(out + ".png")).shape == (8 * 28, 8 * 19)  # 3 rows of input | output
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "tiny.png")
     assert "is 2x2; this super-resolution model upsamples 4x4 images to 8x8" in error_of(
         "sample", "--workdir", sr, "--upsample", str(tmp_path / "tiny.png"))
     assert "one of the two" in error_of("sample", "--workdir", sr)
-    assert "one of the two" in error_of("sample", "--workdir", sr, "--base-workdir", base, "--upsample",
-                                        str(tmp_path / "low.png"))
     assert "condition the base model" in error_of("sample", "--workdir", sr, "--upsample", str(tmp_path / "low.png"),
                                                   "--label", "3")
     assert "not --image, --inpaint" in error_of("sample", "--workdir", sr, "--upsample", str(tmp_path / "low.png"),
                                                 "--sigma-y", "0.1")
     assert "makes (8, 8, 1) images" in error_of("sample", "--workdir", sr, "--base-workdir", sr)
-    assert "feeds a super-resolution model" in error_of("sample", "--workdir", base, "--base-workdir", base)
     assert "holds a super-resolution model" in error_of("evaluate", "--workdir", sr)
     assert "holds a super-resolution model" in error_of("likelihood", "--workdir", sr)
+
+
+def test_cli_cascade(workdirs, tmp_path):
+    sr, base = workdirs["sr"], workdirs["base4"]
+    out = str(tmp_path / "cascade")
+    run("sample", "--workdir", sr, "--base-workdir", base, "--sampler", "ddim", "--steps", "2", "--num", "3",
+        "--out", out)
+    saved = np.load(out + ".npz")
+    assert saved["samples"].shape == (3, 8, 8, 1) and np.all(np.isfinite(saved["samples"]))
+    assert int(saved["nfe"]) == 4  # both stages
+    assert np.asarray(Image.open(out + ".png")).shape == (8 * 28, 8 * 19)  # 3 rows of input | output
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "low.png")
+    assert "one of the two" in error_of("sample", "--workdir", sr, "--base-workdir", base, "--upsample",
+                                        str(tmp_path / "low.png"))
+    assert "feeds a super-resolution model" in error_of("sample", "--workdir", base, "--base-workdir", base)

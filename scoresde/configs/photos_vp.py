@@ -1,6 +1,6 @@
 """CPU-sized RGB: `digits_vp`'s small DDPM++ U-Net on `photos`, 16 x 16 crops of scikit-learn's
-two sample photographs (training and test crops from disjoint regions of each photo), with
-random flips. The unconditional model of experiments/super_resolution.py's inverse-problem
+two sample photographs (test crops from a quarter of each photo's 32 x 32 tiles, training
+crops from the rest), with random flips. The unconditional model of experiments/super_resolution.py's inverse-problem
 method; at `--config.data.image_size=8` (block means of the same crops), the base of a cascade
 with `photos_sr`.
 """
@@ -18,5 +18,5 @@ def get_config():
   data.random_flip = True
   config.model.ch_mult = (1, 2, 2)  # resolutions 16, 8, 4
   config.training.batch_size = 64
-  config.eval.batch_size = 450  # the test crops
+  config.eval.batch_size = 270  # the test crops
   return config

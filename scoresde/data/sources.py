@@ -170,7 +170,7 @@ PHOTO_CROP = 16  # the crops' native size
 @functools.cache
 def _load_photos_cached():
     """scikit-learn's two sample photographs (what `load_sample_images` reads) halved by 2x2
-    block means (PIL's box `reduce`): uint8 (213, 320, 3) each."""
+    block means (PIL's box `reduce`): uint8 (214, 320, 3) each."""
     from PIL import Image
 
     spec = importlib.util.find_spec("sklearn")
@@ -186,29 +186,34 @@ def _load_photos_cached():
     return tuple(photos)
 
 
-def _crops(photo: np.ndarray, size: int, stride: int, columns: slice) -> np.ndarray:
-    """Every size x size window at the stride that lies in `columns` of an image (H, W, C)."""
-    region = photo[:, columns]
-    h, w = region.shape[:2]
-    return np.stack([region[i:i + size, j:j + size] for i in range(0, h - size + 1, stride)
-                     for j in range(0, w - size + 1, stride)])
+def _windows(photo: np.ndarray, size: int, stride: int, keep) -> np.ndarray:
+    """The size x size windows of an image (H, W, C) at the stride whose pixel mask (size, size)
+    satisfies `keep`."""
+    h, w = photo.shape[:2]
+    return np.stack([photo[i:i + size, j:j + size] for i in range(0, h - size + 1, stride)
+                     for j in range(0, w - size + 1, stride) if keep(i, j)])
 
 
-def photos_split(train_fraction: float = 0.75):
+def photos_split(tile: int = 32):
     """Crops of scikit-learn's two sample photographs (no download), a small RGB set for
-    super-resolution on a CPU. Each photo, halved to 320x213, is split by columns: the
-    training crops are every 16x16 window at stride 4 in its left `train_fraction` (x < 240:
-    2850 per photo), the test crops every window at stride 8 in the rest (225 per photo), so
-    the two share no pixel. Images are float32 (N, 16, 16, 3) in [0, 1]; the label is the
-    photo (0 china, 1 flower).
+    super-resolution on a CPU. Each photo, halved to 320x214, is cut into tile x tile tiles; the
+    tiles in odd rows and odd columns (a quarter, spread over the photo) are held out. The test
+    crops are the 16x16 windows at stride 8 inside them (135 per photo), the training crops
+    every window at stride 4 that touches none of them (2134 per photo), so the two share no
+    pixel. Images are float32 (N, 16, 16, 3) in [0, 1]; the label is the photo (0 china, 1 flower).
 
     Returns (train_images, train_labels, test_images, test_labels).
     """
+    size = PHOTO_CROP
     parts = {"train": ([], []), "test": ([], [])}
     for label, photo in enumerate(_load_photos_cached()):
-        cut = int(round(train_fraction * photo.shape[1]))
-        for split, stride, columns in (("train", 4, slice(0, cut)), ("test", 8, slice(cut, None))):
-            crops = _crops(photo, PHOTO_CROP, stride, columns)
+        held_out = np.zeros(photo.shape[:2], bool)
+        for i in range(1, photo.shape[0] // tile, 2):
+            for j in range(1, photo.shape[1] // tile, 2):
+                held_out[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile] = True
+        windows = {"train": _windows(photo, size, 4, lambda i, j: not held_out[i:i + size, j:j + size].any()),
+                   "test": _windows(photo, size, 8, lambda i, j: held_out[i:i + size, j:j + size].all())}
+        for split, crops in windows.items():
             parts[split][0].append(crops)
             parts[split][1].append(np.full(len(crops), label, np.int32))
     out = []
