@@ -99,7 +99,7 @@ def log_likelihood(
         ("t"; "sigma" or "log_snr" with the state scaled by 1/s(t), see
         `ode.FlowCoordinates`). The same ODE, so the same logp up to the solver's error.
         The default, dopri5 in sigma, was the most accurate per evaluation on a trained
-        digits U-Net (experiments/results/bench_likelihood.md).
+        digits U-Net (experiments/results/bench_likelihood_digits.md).
       error_norm: "max" binds every example's delta log p (see `ode.ERROR_NORMS`);
         "rms" is the reference's (scipy's) norm over the whole flattened state.
     Returns:
