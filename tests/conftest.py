@@ -63,6 +63,10 @@ SLOW = (
     "tests/test_conditional_models.py::test_cross_attention_ncsnpp",
     "tests/test_memory_options.py::test_accumulation_cuts_the_step_memory",
     "tests/test_super_resolution.py::test_cli_cascade",
+    "tests/test_super_resolution.py::test_the_loss_draws_the_pairs_from_each_batch",
+    "tests/test_adaptive_sde.py::test_default_tolerance_matches_target[ve]",
+    "tests/test_inverse.py::test_blur_tmpd_and_noisy_replacement_run",
+    "tests/test_cli_conditional.py::test_inpaint_writes_before_after_grid",
 )
 
 
