@@ -6,8 +6,8 @@
 (eps -> T) and the likelihood's augmented ODE all go through it. Adaptive methods use
 a PID step controller with one of `ERROR_NORMS`; fixed-step methods take `num_steps`
 equal steps. The entire solve is one XLA while loop: no host round trips.
-`flow_coordinates` gives the ODE in other time variables (sigma, log-SNR), in which
-it is smoother and an adaptive solver takes fewer steps.
+`flow_coordinates` gives the ODE in other time variables (sigma, log-SNR); which one
+takes the fewest steps depends on the score (experiments/results/bench_likelihood_*.md).
 """
 
 from __future__ import annotations
