@@ -11,9 +11,10 @@ ladder `get_sigmas` used with discrete (positional) labels.
 
 Conditioning (not in the reference; see `scoresde.conditioning` for the convention on y):
 `num_classes` > 0 adds a class embedding to the time embedding; `context_vocab_size`
-> 0 embeds token sequences (`layers.ContextEmbedding`) and follows every
-self-attention block with a `layers.CrossAttnBlock` to them. With both 0 (the
-defaults) the network and its parameters are the reference's.
+> 0 embeds token sequences (`layers.ContextEmbedding`), `context_embedding_dim` > 0
+projects float embeddings (an encoder's outputs, `layers.ContextProjection`), and
+either follows every self-attention block with a `layers.CrossAttnBlock` to them.
+With all three 0 (the defaults) the network and its parameters are the reference's.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class NCSNpp(nn.Module):
     context_vocab_size: int = 0
     context_length: int = 8
     context_dim: int = 64
+    context_embedding_dim: int = 0
     remat: bool = False  # gradient checkpointing: recompute each residual block in the backward pass
     compute_dtype: str = "float32"  # "bfloat16": mixed precision (float32 parameters, GroupNorm statistics, softmax)
 
@@ -93,9 +95,10 @@ class NCSNpp(nn.Module):
 
     @nn.compact
     def __call__(self, x, time_cond, y=None, train: bool = True):
-        """y: None, class labels `(B,)` or tokens `(B, L)`, as configured (see `scoresde.conditioning`)."""
+        """y: None, class labels `(B,)`, tokens `(B, L)` or embeddings `(B, L, E)`, as configured
+        (see `scoresde.conditioning`)."""
         self._check()
-        check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size)
+        check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size, self.context_embedding_dim)
         act = layers.get_act(self.nonlinearity)
         nf, ch_mult, num_res_blocks = self.nf, self.ch_mult, self.num_res_blocks
         attn_resolutions, num_resolutions = tuple(self.attn_resolutions), len(ch_mult)
@@ -127,6 +130,10 @@ class NCSNpp(nn.Module):
             # y=None: one padding token, so only the null token is attended to.
             embed = layers.ContextEmbedding(self.context_vocab_size, self.context_length, self.context_dim)
             context, mask = embed(jnp.zeros((x.shape[0], 1), jnp.int32) if y is None else y)
+        elif self.context_embedding_dim:
+            # y=None: one padding vector, so only the null embedding is attended to.
+            embed = layers.ContextProjection(self.context_dim)
+            context, mask = embed(jnp.zeros((x.shape[0], 1, self.context_embedding_dim)) if y is None else y)
 
         def attend(h):
             """Self-attention, then cross-attention to the context if there is one."""
