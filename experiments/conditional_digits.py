@@ -1,17 +1,20 @@
 """Conditional generation on the bundled 8x8 digits, on CPU: class conditioning with
-classifier-free guidance, cross-attention on the label's spelling, classifier guidance
-(VP and VE), inpainting, and colorization (of digits tinted in six colours).
+classifier-free guidance, cross-attention on the label's spelling and on a text encoder's
+embeddings of the label's name, classifier guidance (VP and VE), inpainting, and
+colorization (of digits tinted in six colours).
 
 Trains (or resumes; a finished run is skipped) with the CLI, then measures each model
 with the bundled digits classifier (98.3% on real test digits): `accuracy` is the
 fraction of samples it assigns to the requested class, `fd_digits` the Frechet distance
 to the held-out test digits in its feature space.
 
-    python experiments/conditional_digits.py [--runs runs/conditional] [--out experiments/results]
+    python experiments/conditional_digits.py [--runs runs/conditional] [--out experiments/results] [--only-text]
 
 Writes <out>/conditional_digits.{csv,md,png}, <out>/conditional_digits_accuracy.png,
-<out>/inpaint_digits.md, <out>/colorize_digits.md and docs/conditional_digits.png,
-docs/inpaint_digits.png, docs/colorize_digits.png.
+<out>/inpaint_digits.md, <out>/colorize_digits.md, <out>/text_digits{.csv,.md,.png,_samples.png} and
+docs/conditional_digits.png, docs/inpaint_digits.png, docs/colorize_digits.png.
+--only-text trains and measures only the text-embedding model (`digits_vp_text` on the
+embeddings of experiments/text_digits.py's toy encoder): <out>/text_digits*.
 """
 
 from __future__ import annotations
@@ -31,22 +34,73 @@ from scoresde.data import DIGIT_COLORS, digits_color_split, digits_split, get_da
 from scoresde.evaluation import feature_spaces
 from scoresde.evaluation.digits import digits_accuracy as accuracy
 from scoresde.samplers import guidance, imputation
+from text_digits import write_digits_text
 
 CONFIGS = ["digits_vp_class", "digits_vp_classifier", "digits_ve", "digits_ve_classifier", "digits_vp_spelling",
            "digits_vp_color"]
+TEXT = "digits_vp_text"
 WEIGHTS = (0.0, 1.0, 3.0)
 SCALES = (1.0, 2.0, 4.0)
 PER_CLASS = 50
+SAMPLERS = [("dpm_solver++", {"num_steps": 20}), ("euler_maruyama", {"num_steps": 100})]
+NOTES = (
+    "{num} samples per row ({per_class} per class). accuracy: fraction the bundled digits classifier "
+    "(98.3% on real test digits) assigns to the requested class; fd_digits: Frechet distance to the "
+    "held-out test digits in its 64-d feature space (real test vs train digits: 1.73). scale: the "
+    "classifier-free weight w, or the classifier guidance scale gamma (gamma = 1 + w). Machine: {machine}."
+)
 
 
-def train_all(runs):
-    for name in CONFIGS:
-        workdir = os.path.join(runs, name)
-        cmd = [sys.executable, "-m", "scoresde", "train", "--workdir", workdir]
-        if not os.path.exists(experiment.config_path(workdir)):
-            cmd += ["--config", name]
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+def train(runs, name, overrides=()):
+    """Train (or resume; a finished run is skipped) the config `name` in <runs>/<name> with the CLI."""
+    workdir = os.path.join(runs, name)
+    cmd = [sys.executable, "-m", "scoresde", "train", "--workdir", workdir]
+    if not os.path.exists(experiment.config_path(workdir)):
+        cmd += ["--config", name, *overrides]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def train_text(runs) -> str:
+    """digits_vp_text on the digits with the toy encoder's embeddings of their names
+    (<runs>/digits_text.npz); returns the file of the ten names' embeddings."""
+    dataset, names = write_digits_text(os.path.join(runs, "digits_text.npz"))
+    train(runs, TEXT, [f"--config.data.dataset={dataset}"])
+    return names
+
+
+def quality(config, labels, ref):
+    """Samples -> their accuracy on `labels` and FD-digits to the reference statistics."""
+    def measure(x):
+        images = np.asarray(experiment.to_unit_range(x, config))
+        if not np.all(np.isfinite(images)):
+            return {"accuracy": float("nan"), "fd_digits": float("inf")}
+        stats = feature_spaces.compute_stats(images, "digits_classifier")
+        return {"accuracy": accuracy(images, labels), "fd_digits": feature_spaces.fd_from_stats(stats, ref)["fd"]}
+
+    return measure
+
+
+def text_embedding(args, names, labels, ref):
+    """Classifier-free guidance of the text-embedding model, sampling each label's name's
+    embeddings: <out>/text_digits.{csv,md,png} and text_digits_samples.png (samples at each weight)."""
+    config, sde, score_fn, step = experiment.load_score_fn(os.path.join(args.runs, TEXT))
+    y = experiment.load_condition(names, config.model.context_embedding_dim)[labels]  # the names in label order
+    num, rows, panels = len(labels), [], {}
+    key = jax.random.PRNGKey(0)
+    for w in WEIGHTS:
+        guided = guidance.classifier_free(score_fn, y, w) if w else guidance.condition(score_fn, y)
+        grid = ablation.run_grid(key, sde, guided, (num,) + experiment.data_shape(config), SAMPLERS,
+                                 quality(config, labels, ref))
+        rows += [{"method": "cfg, cross-attention on text embeddings", "sde": "vp", "scale": w, **r} for r in grid]
+        panels[f"{TEXT} w={w:g}"], _ = guidance_sample(key, sde, guided, config, num)
+    notes = NOTES.format(num=num, per_class=PER_CLASS, machine=machine()) + (
+        f" Model: {TEXT} (step {step}), trained on the digits with the toy encoder's "
+        "embeddings of each label's name (experiments/text_digits.py: a fixed random 32-d embedding per character, "
+        "a sequence of up to 5 with its padding mask); sampled with the ten names' embeddings.")
+    ablation.write_results(rows, os.path.join(args.out, "text_digits"), "fd_digits",
+                           "Text-embedding conditioned digits: guidance weight vs accuracy and FD", notes)
+    save_panels(panels, os.path.join(args.out, "text_digits_samples.png"))
 
 
 def main():
@@ -54,27 +108,24 @@ def main():
     parser.add_argument("--runs", default="runs/conditional")
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--docs", default="docs")
+    parser.add_argument("--only-text", action="store_true", help="only the text-embedding model")
     args = parser.parse_args()
-    train_all(args.runs)
+    names = train_text(args.runs)
+    if not args.only_text:
+        for name in CONFIGS:
+            train(args.runs, name)
 
     test_images, test_labels = held_out()
     ref = feature_spaces.compute_stats(test_images, "digits_classifier")
     labels = np.repeat(np.arange(10), PER_CLASS)
     num = len(labels)
-
-    def quality(config):
-        def measure(x):
-            images = np.asarray(experiment.to_unit_range(x, config))
-            if not np.all(np.isfinite(images)):
-                return {"accuracy": float("nan"), "fd_digits": float("inf")}
-            stats = feature_spaces.compute_stats(images, "digits_classifier")
-            return {"accuracy": accuracy(images, labels), "fd_digits": feature_spaces.fd_from_stats(stats, ref)["fd"]}
-
-        return measure
+    os.makedirs(args.out, exist_ok=True)
+    text_embedding(args, names, labels, ref)
+    if args.only_text:
+        return
 
     rows, panels = [], {}
     key = jax.random.PRNGKey(0)
-    samplers = [("dpm_solver++", {"num_steps": 20}), ("euler_maruyama", {"num_steps": 100})]
 
     # Classifier-free guidance: class embedding, and cross-attention on the spelling.
     for name, method in (("digits_vp_class", "cfg, class embedding"), ("digits_vp_spelling", "cfg, cross-attention on the spelling")):
@@ -82,7 +133,8 @@ def main():
         y = experiment.condition_from_labels(config, labels)
         for w in WEIGHTS:
             guided = guidance.classifier_free(score_fn, y, w) if w else guidance.condition(score_fn, y)
-            grid = ablation.run_grid(key, sde, guided, (num,) + experiment.data_shape(config), samplers, quality(config))
+            grid = ablation.run_grid(key, sde, guided, (num,) + experiment.data_shape(config), SAMPLERS,
+                                     quality(config, labels, ref))
             rows += [{"method": method, "sde": "vp", "scale": w, **r} for r in grid]
             x, _ = guidance_sample(key, sde, guided, config, num)
             panels[f"{name} w={w:g}"] = x
@@ -94,20 +146,16 @@ def main():
         _, log_prob_fn, _ = experiment.load_classifier(os.path.join(args.runs, f"digits_{sde_name}_classifier"))
         for scale in SCALES:
             guided = guidance.classifier_guidance(score_fn, log_prob_fn, jnp.asarray(labels), scale)
-            grid = ablation.run_grid(key, sde, guided, (num,) + experiment.data_shape(config), samplers, quality(config))
+            grid = ablation.run_grid(key, sde, guided, (num,) + experiment.data_shape(config), SAMPLERS,
+                                     quality(config, labels, ref))
             rows += [{"method": "classifier guidance", "sde": sde_name, "scale": scale, **r} for r in grid]
             x, _ = guidance_sample(key, sde, guided, config, num)
             panels[f"digits_{sde_name} classifier gamma={scale:g}"] = x
-        unguided = ablation.run_grid(key, sde, score_fn, (num,) + experiment.data_shape(config), samplers[:1], quality(config))
+        unguided = ablation.run_grid(key, sde, score_fn, (num,) + experiment.data_shape(config), SAMPLERS[:1],
+                                     quality(config, labels, ref))
         rows += [{"method": "unconditional (chance 0.1)", "sde": sde_name, "scale": 0.0, **r} for r in unguided]
 
-    os.makedirs(args.out, exist_ok=True)
-    notes = (
-        f"{num} samples per row ({PER_CLASS} per class). accuracy: fraction the bundled digits classifier "
-        "(98.3% on real test digits) assigns to the requested class; fd_digits: Frechet distance to the "
-        "held-out test digits in its 64-d feature space (real test vs train digits: 1.73). scale: the "
-        f"classifier-free weight w, or the classifier guidance scale gamma (gamma = 1 + w). Machine: {machine()}."
-    )
+    notes = NOTES.format(num=num, per_class=PER_CLASS, machine=machine())
     ablation.write_results(rows, os.path.join(args.out, "conditional_digits"), "fd_digits",
                            "Conditional digits: guidance weight vs accuracy and FD", notes)
     plot_accuracy(rows, os.path.join(args.out, "conditional_digits_accuracy.png"))

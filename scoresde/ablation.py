@@ -329,6 +329,9 @@ def ablate_workdir(workdir: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *
     key = jax.random.PRNGKey(seed)
     if guidance is None:
         return Ablation(_checked(run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)), metric, title, notes)
+    if experiment.condition_kind(config) == "text_embedding":
+        raise experiment.UserError("--guidance sweeps label-conditional models; sample a text-embedding model at "
+                                   "each weight with sample --condition-file F --guidance W.")
     if experiment.condition_table(config) is None:
         raise experiment.UserError("This model is unconditional (training.condition='none'): --guidance sweeps "
                                    "classifier-free guidance of a conditional one (e.g. --config digits_vp_class).")

@@ -4,6 +4,7 @@
     scoresde sample --workdir runs/digits [--sampler pc --steps 500 --snr 0.16 --num 64]
     scoresde sample --workdir runs/digits --upsample low.png [--impute-method tmpd --sigma-y 0.02]
     scoresde sample --workdir runs/digits_sr --upsample low.png | --base-workdir runs/digits4
+    scoresde sample --workdir runs/text --condition-file emb.npz --guidance 2
     scoresde likelihood --workdir runs/digits --split test [--passes 5]
     scoresde ablate --workdir runs/digits | --target 8gaussians [--samplers ... --nfes ...]
     scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--label", default=None,
                        help="class label(s), comma-separated, cycled over the samples (default: every class in turn)")
         p.add_argument("--text", default=None, help="a word to spell, for spelling-conditioned models (e.g. seven)")
+        p.add_argument("--condition-file", default=None, metavar="EMB_NPZ",
+                       help="text embeddings for text-embedding models: an .npz with text_embeddings (n, L, E) and "
+                       "optionally text_mask (n, L), cycled over the samples (a column per embedding)")
         p.add_argument("--guidance", type=_real(), default=0.0,
                        help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t)")
         p.add_argument("--classifier", default=None,
@@ -336,7 +340,8 @@ def cmd_sample(args, overrides):
     check_writable(os.path.dirname(os.path.abspath(args.out)) if args.out else os.path.join(args.workdir, "samples"))
     result = experiment.sample_workdir(
         args.workdir, args.num, sampler=args.sampler, options=_sampler_options(args), seed=args.seed,
-        labels=_labels(args.label), text=args.text, guidance=args.guidance, classifier=args.classifier,
+        labels=_labels(args.label), text=args.text, condition=args.condition_file, guidance=args.guidance,
+        classifier=args.classifier,
         classifier_scale=args.classifier_scale, image=args.image, mask=args.inpaint, colorize=args.colorize,
         upsample=args.upsample, sigma_y=args.sigma_y, impute_method=args.impute_method,
         base_workdir=args.base_workdir,

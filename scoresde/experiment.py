@@ -90,7 +90,10 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, *, un
             **kwargs,
         )
     except (data.DatasetNotPreparedError, FileNotFoundError) as err:
-        raise UserError(str(err)) from err
+        hint = (" A text-embedding model reads an .npz or image folder holding text embeddings (for the digits, "
+                "python experiments/text_digits.py writes one)." if d.dataset.endswith(".npz")
+                and config.training.get("condition") == "text_embedding" else "")
+        raise UserError(str(err) + hint) from err
     except ValueError as err:  # get_dataset's checks of the name, split, batch size and files
         raise UserError(str(err)) from None
 
@@ -107,15 +110,28 @@ def is_image_data(config) -> bool:
     return len(data_shape(config)) == 3
 
 
-def condition_table(config):
-    """What a conditional model reads for each class label: `(num_classes,)` labels for
-    training.condition='class', `(num_classes, L)` tokens of the class names for 'spelling';
-    None for an unconditional or a super-resolution model. Checks that the network can read it."""
-    kind, m = config.training.get("condition", "none"), config.model
-    if kind in ("none", "low_res"):
-        return None
+def condition_kind(config) -> str:
+    """training.condition ('none', 'class', 'spelling', 'text_embedding' or 'low_res'), checked
+    against the objective and, for text embeddings, the network (UserError)."""
+    kind = config.training.get("condition", "none")
+    if kind == "none":
+        return kind
     if config.training.get("objective", "score") != "score":
         raise UserError("training.condition applies to score models; a classifier reads the labels already.")
+    if kind == "text_embedding" and not config.model.get("context_embedding_dim", 0):
+        raise UserError("training.condition='text_embedding' needs cross-attention on embeddings: set "
+                        "--config.model.context_embedding_dim=E, the width of the stored text embeddings.")
+    return kind
+
+
+def condition_table(config):
+    """What a label-conditional model reads for each class label: `(num_classes,)` labels for
+    training.condition='class', `(num_classes, L)` tokens of the class names for 'spelling';
+    None for an unconditional model and for one conditioned on text embeddings (they come
+    with the data, not from labels). Checks that the network can read it."""
+    kind, m = condition_kind(config), config.model
+    if kind in ("none", "text_embedding", "low_res"):
+        return None
     try:
         names = data.label_names(config.data.dataset)
     except ValueError as err:
@@ -137,7 +153,7 @@ def condition_table(config):
             return jnp.asarray(data.spell(names, m.context_length))
         except ValueError as err:
             raise UserError(f"{err} Raise model.context_length.") from None
-    raise UserError(f"Unknown training.condition {kind!r}; valid: none, class, spelling, low_res.")
+    raise UserError(f"Unknown training.condition {kind!r}; valid: none, class, spelling, text_embedding, low_res.")
 
 
 def low_res_from_config(config):
@@ -147,15 +163,13 @@ def low_res_from_config(config):
     None for other configs. Checks that the settings agree and the network can take it."""
     from scoresde.conditioning import LowResolution
 
-    kind, m = config.training.get("condition", "none"), config.model
+    kind, m = condition_kind(config), config.model
     factor, noise = m.get("sr_factor", 0), config.data.get("sr_noise_aug", 0.0)
     if kind != "low_res":
         if factor:
             raise UserError(f"model.sr_factor={factor} makes a super-resolution network: set "
                             "--config.training.condition=low_res (or model.sr_factor=0).")
         return None
-    if config.training.get("objective", "score") != "score":
-        raise UserError("training.condition='low_res' applies to score models, not to a classifier.")
     if not is_image_data(config):
         raise UserError("training.condition='low_res' (super-resolution) needs image data; this config has 2-D points.")
     if m.name not in models.model_names() or "sr_factor" not in models.model_fields(m.name):
@@ -175,6 +189,8 @@ def condition_from_labels(config, labels):
     """The model's condition for class labels `(B,)` (see `condition_table`)."""
     table = condition_table(config)
     if table is None:
+        if condition_kind(config) == "text_embedding":
+            raise UserError(f"This model is conditioned on text embeddings; it takes no labels. {_TEXT_HINT}")
         raise UserError("This model is unconditional (training.condition='none'); it takes no labels.")
     labels = jnp.asarray(labels, jnp.int32)
     if labels.min() < 0 or labels.max() >= len(table):
@@ -254,34 +270,88 @@ def class_labels(num_classes: int, num: int, labels=None) -> np.ndarray:
     return np.resize(given, num)
 
 
-def conditioned_score(config, sde, score, num: int, *, labels=None, text: str | None = None,
+_TEXT_HINT = ("Pass them as an .npz with 'text_embeddings' (n, L, E) and optionally 'text_mask' (n, L): "
+              "--condition-file (Python: condition=).")
+
+
+def load_condition(source, dim: int, num: int | None = None) -> np.ndarray:
+    """Text embeddings to sample a text-embedding model with: `(n, L, E)` float32, padding
+    folded in (`conditioning.embedding_condition`), cycled over `num` samples if given.
+
+    source: an .npz file holding `text_embeddings` (n, L, E) and optionally `text_mask`
+    (n, L), as a data set stores them; an array (n, L, E) or (L, E); or a pair (embeddings,
+    mask). E must be the model's context_embedding_dim `dim`. An all-zero row is the null
+    condition. Mistakes are UserErrors.
+    """
+    from scoresde.conditioning import embedding_condition
+
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            if not os.path.isfile(source):
+                raise UserError(f"No condition file {str(source)!r}.")
+            try:
+                f = np.load(source, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise UserError(f"{str(source)!r} is not an .npz file that can be read "
+                                f"({type(err).__name__}).") from None
+            if not hasattr(f, "files"):
+                raise UserError(f"{str(source)!r} holds one array; an .npz of named arrays is needed. {_TEXT_HINT}")
+            with f:
+                y = data.read_text_embeddings(f, str(source))
+            if y is None:
+                raise UserError(f"{str(source)!r} holds no '{data.TEXT_EMBEDDINGS_KEY}' array. {_TEXT_HINT}")
+        else:
+            embeddings, mask = source if isinstance(source, tuple) else (source, None)
+            y = embedding_condition(embeddings, mask)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    y = y[None] if y.ndim == 2 else y
+    if y.shape[-1] != dim:
+        raise UserError(f"The model reads embeddings of width {dim} (model.context_embedding_dim); the condition's "
+                        f"are {y.shape[-1]} wide.")
+    return y if num is None else y[np.arange(num) % len(y)]
+
+
+def conditioned_score(config, sde, score, num: int, *, labels=None, text: str | None = None, condition=None,
                       guidance: float = 0.0, classifier: str | None = None, classifier_scale: float = 1.0):
     """The score model that samples `num` samples of a config's model as asked, and their
     class labels `(num,)` (None when unconditional or unknown).
 
-    A conditional model (training.condition 'class' or 'spelling') samples `labels` (cycled;
-    default every class in turn) or, for a spelling model, the word `text`, with
-    classifier-free guidance of weight `guidance` (0: the conditional score). An
+    A label-conditional model (training.condition 'class' or 'spelling') samples `labels`
+    (cycled; default every class in turn) or, for a spelling model, the word `text`; a
+    text-embedding model samples the embeddings `condition` (`load_condition`: cycled); both
+    with classifier-free guidance of weight `guidance` (0: the conditional score). An
     unconditional model is guided by the noise-conditional classifier in the workdir
     `classifier`, with scale `classifier_scale`, towards `labels`; without one it is
-    returned as is (and takes no labels, text or guidance).
+    returned as is (and takes no labels, text, condition or guidance).
     """
     from scoresde.samplers import guidance as guide
 
-    table = condition_table(config)
+    kind = condition_kind(config)
+    if condition is not None and kind != "text_embedding":
+        raise UserError("--condition-file gives text embeddings to a text-embedding model (training.condition="
+                        "'text_embedding'); this one " + ("is unconditional." if kind == "none" else "takes --label."))
     if classifier:
-        if table is not None:
+        if kind != "none":
             raise UserError("--classifier guides an unconditional model; this one is conditional "
                             "(use --guidance for classifier-free guidance).")
         cconfig, log_prob_fn, _ = load_classifier(classifier, sde=sde)
         labels = class_labels(cconfig.model.num_classes, num, labels)
         return guide.classifier_guidance(score, log_prob_fn, labels, classifier_scale), labels
-    if table is None:
+    if kind == "none":
         if labels is not None or text is not None or guidance:
             raise UserError(
                 "This model is unconditional (training.condition='none'): train a conditional one "
                 "(e.g. --config digits_vp_class) or guide it with --classifier <workdir>.")
         return score, None
+    if kind == "text_embedding":
+        if labels is not None or text is not None:
+            raise UserError(f"This model is conditioned on text embeddings, not on --label or --text. {_TEXT_HINT}")
+        if condition is None:
+            raise UserError(f"This model is conditioned on text embeddings: give them to sample it. {_TEXT_HINT}")
+        y = load_condition(condition, config.model.context_embedding_dim, num)
+        return (guide.classifier_free(score, y, guidance) if guidance else guide.condition(score, y)), None
+    table = condition_table(config)
     if text is not None:
         if config.training.condition != "spelling":
             raise UserError("--text needs a spelling-conditioned model (digits_vp_spelling); use --label.")
@@ -304,7 +374,9 @@ def train_kwargs(config) -> dict:
     from scoresde import configs, train
 
     t, o = config.training, config.optim
-    table, low_res = condition_table(config), low_res_from_config(config)
+    table, kind, low_res = condition_table(config), condition_kind(config), low_res_from_config(config)
+    condition = (lambda batch: batch[data.TEXT_EMBEDDING]) if kind == "text_embedding" else (
+        None if table is None else (lambda batch: table[batch["label"]]))
     objective = t.get("objective", "score")
     loss_kwargs = dict(continuous=t.continuous)
     if objective == "score":
@@ -312,7 +384,7 @@ def train_kwargs(config) -> dict:
             reduce_mean=t.reduce_mean,
             likelihood_weighting=t.likelihood_weighting,
             parameterization=config.model.get("parameterization"),
-            condition=None if table is None else (lambda batch: table[batch["label"]]),
+            condition=condition,
             p_uncond=0.0 if low_res else t.get("p_uncond", 0.0),  # a low-resolution image has no null condition
             low_res=low_res,
             loss=t.get("loss", "dsm"),
@@ -581,10 +653,10 @@ def eval_images(config, split: str, batch_size: int | None = None):
 def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = True):
     """`train.train`'s `on_snapshot` for a config, or None when training.snapshot_sampling is
     off: samples of the EMA model with the config's sampler (a column per class for a
-    conditional model) saved as `samples/step_XXXXXXXX.png` and, with a
-    `reporting.TensorBoardWriter` `tb`, as the TensorBoard image "samples". A super-resolution
-    model super-resolves the first test images' low-resolution copies instead: rows of input
-    (nearest) | output | original."""
+    label-conditional model; the null condition of a text-embedding model) saved as
+    `samples/step_XXXXXXXX.png` and, with a `reporting.TensorBoardWriter` `tb`, as the
+    TensorBoard image "samples". A super-resolution model super-resolves the first test
+    images' low-resolution copies instead: rows of input (nearest) | output | original."""
     from scoresde import reporting
     from scoresde.samplers import guidance, operators
 
@@ -634,6 +706,23 @@ def snapshot_hook(config, sde, model, workdir: str, tb=None, verbose: bool = Tru
     return on_snapshot
 
 
+def check_text_embeddings(config, train_iter):
+    """UserError unless a text-embedding model's training data carry text embeddings
+    ("text_embedding" of an in-memory source) of the network's width."""
+    if condition_kind(config) != "text_embedding":
+        return
+    stored = getattr(getattr(train_iter, "source", None), "extras", {}).get(data.TEXT_EMBEDDING)
+    if stored is None:
+        raise UserError(
+            f"training.condition='text_embedding' reads text embeddings stored with the images, and "
+            f"{config.data.dataset!r} has none: use an .npz with '{data.TEXT_EMBEDDINGS_KEY}' (N, L, E) (and "
+            f"optionally '{data.TEXT_MASK_KEY}' (N, L)), or an image folder with a '{data.TEXT_SIDECAR}' sidecar.")
+    if stored.shape[-1] != config.model.context_embedding_dim:
+        raise UserError(f"The text embeddings of {config.data.dataset!r} are {stored.shape[-1]} wide; set "
+                        f"--config.model.context_embedding_dim={stored.shape[-1]} (it is "
+                        f"{config.model.context_embedding_dim}).")
+
+
 def train_workdir(workdir: str, config=None, overrides=(), verbose: bool = True):
     """Train (or resume) the run in `workdir`: `train_config` picks the config, every
     setting is checked before config.json is written, then `train.train` runs with
@@ -654,6 +743,7 @@ def train_workdir(workdir: str, config=None, overrides=(), verbose: bool = True)
     if found != tuple(data_shape(config)):
         raise UserError(f"The data {config.data.dataset!r} has examples of shape {found}, the model expects "
                         f"{data_shape(config)} (data.image_size, data.num_channels); nothing was written.")
+    check_text_embeddings(config, train_iter)
     is_main = jax.process_index() == 0
     with workdir_lib.Lock(workdir, "train", enabled=is_main):
         # Only a config known to be valid is written (a mistake leaves no config.json behind).
@@ -810,7 +900,7 @@ class Samples:
     wall_s: float
     labels: np.ndarray | None = None  # the class of each sample
     guidance: float = 0.0
-    per_class: bool = False  # every class in turn: a column per class
+    columns: int = 0  # every class (or given condition) in turn: a grid with a column for each; 0: a plain grid
     task: str = ""  # "inpaint", "colorize", "upsample", "cascade", or "" (sampling)
     original: np.ndarray | None = None
     shown: np.ndarray | None = None
@@ -844,6 +934,7 @@ def sample_workdir(
     seed: int = 0,
     labels=None,
     text: str | None = None,
+    condition=None,
     guidance: float = 0.0,
     classifier: str | None = None,
     classifier_scale: float = 1.0,
@@ -859,8 +950,9 @@ def sample_workdir(
     """`num` samples of the EMA model of a trained workdir (latest checkpoint, or `step`).
 
     sampler, options: a registry sampler and its options (default: the config's sampling
-    settings, `resolve_sampler`). labels, text, guidance, classifier, classifier_scale: the
-    condition and guidance (`conditioned_score`). image with a mask, or with colorize:
+    settings, `resolve_sampler`). labels, text, condition (text embeddings: a file or arrays,
+    `load_condition`), guidance, classifier, classifier_scale: the condition and guidance
+    (`conditioned_score`). image with a mask, or with colorize:
     inpaint or colorize that image instead; upsample: super-resolve that low-resolution
     image (noise std sigma_y) (`impute`, method `impute_method`). A super-resolution workdir
     (training.condition='low_res') upsamples `upsample`, or the samples of `base_workdir`
@@ -883,8 +975,9 @@ def sample_workdir(
     config, sde, score, step = load_score_fn(workdir, step)
     name, options = resolve_sampler(config, sampler, options)
     key = jax.random.PRNGKey(seed)
-    score, sample_labels = conditioned_score(config, sde, score, num, labels=labels, text=text, guidance=guidance,
-                                             classifier=classifier, classifier_scale=classifier_scale)
+    score, sample_labels = conditioned_score(config, sde, score, num, labels=labels, text=text, condition=condition,
+                                             guidance=guidance, classifier=classifier,
+                                             classifier_scale=classifier_scale)
     imputed, accuracy = {}, None
     start = time.perf_counter()
     if mask is not None or colorize or upsample is not None:
@@ -904,8 +997,13 @@ def sample_workdir(
         from scoresde.evaluation.digits import digits_accuracy
 
         accuracy = digits_accuracy(x, sample_labels)
-    per_class = sample_labels is not None and labels is None and is_image_data(config)
-    return Samples(x, nfe, name, options, step, wall, sample_labels, guidance, per_class, accuracy=accuracy, **imputed)
+    columns = 0
+    if is_image_data(config) and not imputed:
+        if sample_labels is not None and labels is None:  # every class in turn
+            columns = int(sample_labels.max()) + 1
+        elif condition is not None:  # every given condition in turn
+            columns = min(num, len(load_condition(condition, config.model.context_embedding_dim)))
+    return Samples(x, nfe, name, options, step, wall, sample_labels, guidance, columns, accuracy=accuracy, **imputed)
 
 
 def upsample_workdir(workdir: str, num: int = 64, *, upsample=None, base_workdir: str | None = None,
@@ -957,7 +1055,7 @@ def upsample_workdir(workdir: str, num: int = 64, *, upsample=None, base_workdir
 
 def save_samples(result: Samples, prefix: str) -> str:
     """Write `<prefix>.npz` (samples, nfe, sampler, options as JSON, step, guidance, labels)
-    and a PNG: a grid (a column per class when every class was sampled; rows of original |
+    and a PNG: a grid (a column per class or condition when each was sampled in turn; rows of original |
     input | output for imputation, input | output for super-resolution) or a scatter plot of
     2-D points. Returns the PNG's path."""
     from scoresde import reporting
@@ -971,8 +1069,8 @@ def save_samples(result: Samples, prefix: str) -> str:
         columns = [c for c in (result.original, result.shown, x) if c is not None]
         grid = np.stack(columns, 1).reshape((-1,) + x.shape[1:])
         return reporting.save_image_grid(grid, prefix + ".png", nrow=len(columns))
-    if result.per_class:
-        return reporting.save_image_grid(x, prefix + ".png", nrow=int(result.labels.max()) + 1)
+    if result.columns > 1:
+        return reporting.save_image_grid(x, prefix + ".png", nrow=result.columns)
     return reporting.save_samples_png(x, prefix + ".png", title=f"{result.sampler}, NFE {result.nfe}")
 
 

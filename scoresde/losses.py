@@ -45,8 +45,8 @@ differ only in where t is drawn and how the noise levels are weighted.
 - `get_classifier_loss_fn`: cross-entropy of a noise-conditional classifier on
   x(t) = s(t) x + sigma(t) z, t ~ U(eps, T), for classifier guidance.
 
-Conditional models: `condition(batch) -> y` reads the condition (class labels `(B,)`
-or tokens `(B, L)`) from a batch, and each example's condition is replaced by the null
+Conditional models: `condition(batch) -> y` reads the condition (class labels `(B,)`,
+tokens `(B, L)` or embeddings `(B, L, E)`, e.g. `batch["text_embedding"]`) from a batch, and each example's condition is replaced by the null
 condition with probability `p_uncond` (drawn with `jax.random.fold_in(key, 3)`), so
 one network learns s(x, t, y) and s(x, t, None) for classifier-free guidance.
 Super-resolution models: `low_res` (a `conditioning.LowResolution`) makes y from the batch

@@ -590,12 +590,13 @@ class _Reports:
 
 
 def _select(batch, with_labels: bool):
-    """The images of a batch, or {"image", "label"} when the objective needs labels."""
+    """The images of a batch, or the whole batch dict ("image", "label" and any extras, such
+    as "text_embedding") when the objective reads labels or a condition."""
     if not with_labels:
         return losses_lib.batch_images(batch)
     if not (isinstance(batch, dict) and "label" in batch):
         raise ValueError("This objective needs labelled batches (dicts with 'image' and 'label').")
-    return {"image": batch["image"], "label": batch["label"]}
+    return dict(batch)
 
 
 def _next_batch(data: Iterator, n: int, with_labels: bool = False):
@@ -658,8 +659,9 @@ def train(
     Args:
       model, sde: the network (Flax linen) and the forward SDE.
       train_iter: this process's batches (`data.get_dataset`): arrays `(B_local, ...)` or
-        dicts with "image" (and "label"); with `get_state`/`set_state` its position is
-        checkpointed and restored too.
+        dicts with "image" (and "label", and what the loss's condition reads, such as
+        "text_embedding"); with `get_state`/`set_state` its position is checkpointed and
+        restored too.
       workdir: checkpoints (`checkpoints/`, `checkpoints-meta/`) and `metrics.jsonl`.
       optimizer: an optax transformation (`get_optimizer`: the reference's).
       schedule: the steps and the log, evaluation and checkpoint frequencies (`Schedule`).

@@ -178,7 +178,7 @@ def test_null_and_drop_condition():
     np.testing.assert_array_equal(null_condition(labels[:3]), [-1, -1, -1])
     np.testing.assert_array_equal(null_condition(tokens), np.zeros((5, 3)))
     with pytest.raises(ValueError):
-        null_condition(jnp.zeros((2, 2, 2), jnp.int32))
+        null_condition(jnp.zeros((2, 2, 2, 2), jnp.int32))
 
     key = jax.random.key(0)
     assert drop_condition(key, None, 0.5) is None

@@ -13,7 +13,8 @@ from scoresde.analytic import TOY_TARGETS
 
 ALL = configs.list_configs()
 IMAGE = [n for n in ALL if not n.startswith("toy_")]
-CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_classifier", "digits_ve_classifier", "digits_vp_color"]
+CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_text", "digits_vp_classifier", "digits_ve_classifier",
+               "digits_vp_color"]
 # The objective configs (tests/test_objectives.py): (training.sde, training.loss, model.parameterization).
 OBJECTIVE = {"digits_edm": ("edm", "edm", "edm"), "digits_fm": ("rectified_flow", "flow_matching", "velocity"),
              "digits_v": ("vpsde", "v", "v")}
@@ -277,6 +278,9 @@ def test_cpu_configs():
     cls, spell = configs.get_config("digits_vp_class"), configs.get_config("digits_vp_spelling")
     assert (cls.training.condition, cls.model.num_classes, cls.training.p_uncond) == ("class", 10, 0.1)
     assert (spell.training.condition, spell.model.context_vocab_size, spell.model.attn_resolutions) == ("spelling", 28, (4,))
+    text = configs.get_config("digits_vp_text")
+    assert (text.training.condition, text.model.context_embedding_dim, text.model.context_vocab_size,
+            text.data.dataset) == ("text_embedding", 32, 0, "runs/digits_text.npz")
     for name in ("digits_vp_classifier", "digits_ve_classifier"):
         c = configs.get_config(name)
         assert (c.training.objective, c.model.name, c.model.num_classes) == ("classifier", "classifier", 10)

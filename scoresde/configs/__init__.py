@@ -46,12 +46,15 @@ NON_NETWORK_MODEL_KEYS = frozenset(
 # what the run trains, what it conditions on, and the networks' conditioning fields.
 CONDITIONING_DEFAULTS = {
     "training.objective": "score",  # or "classifier": a noise-conditional classifier for guidance
-    "training.condition": "none",  # or "class" (labels), "spelling" (tokens of the label's name), "low_res"
+    "training.condition": "none",  # or "class" (labels), "spelling" (tokens of the label's name),
+                                   # "text_embedding" (precomputed embeddings stored with the images)
+                                   # or "low_res" (super-resolution: the batch's own downscaled images)
     "training.p_uncond": 0.1,  # condition dropout, for classifier-free guidance
     "model.num_classes": 0,  # > 0: class-conditional network
     "model.context_vocab_size": 0,  # > 0: cross-attention on token sequences
     "model.context_length": 8,
     "model.context_dim": 64,
+    "model.context_embedding_dim": 0,  # > 0: cross-attention on embeddings (B, L, context_embedding_dim)
     "model.sr_factor": 0,  # > 0: super-resolution network, x concatenated with the upsampled low-res image
 }
 # Memory options every config gets: gradient accumulation over micro-batches, and for the
@@ -72,7 +75,7 @@ LOSS_DEFAULTS = {
     "model.sigma_data": 0.5,
 }
 OBJECTIVES = ("score", "classifier")
-CONDITIONS = ("none", "class", "spelling", "low_res")
+CONDITIONS = ("none", "class", "spelling", "text_embedding", "low_res")
 OPTIMIZERS = ("Adam",)  # optim.optimizer: the reference's only choice (`experiment.train_kwargs`)
 # config.model keys of the default_*_configs files, shared by configs whose networks may not
 # read them all (the DDPM network has no embedding_type or fourier_scale, nor conditioning).

@@ -4,6 +4,7 @@ Everything goes through one entry point,
 
     it = get_dataset(name, split, batch_size, image_size, centered, random_flip, ...)
     batch = next(it)            # {"image": float32 (B_local, H, W, C), "label": int32 (B_local,)}
+                                # (+ "text_embedding": float32 (B_local, L, E) where stored)
     pos = it.get_state()        # {"epoch": e, "index": i}: JSON-serializable
     it.set_state(pos)           # resume exactly there
 
@@ -31,7 +32,10 @@ Names:
     download), training and test crops from disjoint tiles (`photos_split`).
   - toy:<name> (or the bare name) for `scoresde.analytic.toy_target`: 8gaussians,
     grid, moons, swissroll, checkerboard. An infinite stream of fresh samples.
-  - a path: a folder of PNG/JPEG images, or an .npz file holding an image array.
+  - a path: a folder of PNG/JPEG images, or an .npz file holding an image array; either
+    may carry text embeddings for text conditioning (an .npz's `text_embeddings`
+    (N, L, E) and optional `text_mask` (N, L); a folder's sidecar `text_embeddings.npz`
+    with `files`, the image paths relative to the folder, as well).
 
 Modules, one concept each:
   - `sources`: where examples come from (TFDS, the bundled digits, image folders,
@@ -49,6 +53,11 @@ from scoresde.data.labels import LABEL_NAMES, SPELLING_VOCAB_SIZE, label_names, 
 from scoresde.data.loaders import get_dataset
 from scoresde.data.sources import (
     DIGIT_COLORS,
+    TEXT_EMBEDDING,
+    TEXT_EMBEDDINGS_KEY,
+    TEXT_FILES_KEY,
+    TEXT_MASK_KEY,
+    TEXT_SIDECAR,
     TFDS_NAMES,
     ArraySource,
     DatasetNotPreparedError,
@@ -59,12 +68,18 @@ from scoresde.data.sources import (
     load_npz,
     open_tfds,
     photos_split,
+    read_text_embeddings,
 )
 
 __all__ = [
     "DIGIT_COLORS",
     "LABEL_NAMES",
     "SPELLING_VOCAB_SIZE",
+    "TEXT_EMBEDDING",
+    "TEXT_EMBEDDINGS_KEY",
+    "TEXT_FILES_KEY",
+    "TEXT_MASK_KEY",
+    "TEXT_SIDECAR",
     "TFDS_NAMES",
     "ArraySource",
     "DataIterator",
@@ -82,6 +97,7 @@ __all__ = [
     "load_npz",
     "open_tfds",
     "photos_split",
+    "read_text_embeddings",
     "resize",
     "resize_small",
     "spell",

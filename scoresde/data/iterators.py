@@ -40,8 +40,10 @@ def _check_batch(batch_size, process_count):
 class DataIterator:
     """Shuffled (or sequential) batches over a random-access source, with a position.
 
-    Each `next()` returns this process's slice of global batch `index` of epoch
-    `epoch`, then advances the position. With `num_epochs=None` it runs forever;
+    Each `next()` returns this process's slice of global batch `index` of epoch `epoch`,
+    then advances the position. A batch is the source's dict ("image", "label" and any
+    extras such as "text_embedding"), with flips, dequantization and centering applied to
+    its images. With `num_epochs=None` it runs forever;
     otherwise it stops after that many passes. `drop_remainder=False` keeps the last,
     smaller batch of every epoch (split as evenly as possible among processes).
     """
@@ -114,7 +116,8 @@ class DataIterator:
         global_idx = self._permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         size = len(global_idx)
         local = _process_slice(size, self.process_index, self.process_count, even=size == self.batch_size)
-        images, labels = self.source.get_batch(global_idx[local])
+        batch = self.source.get_batch(global_idx[local])
+        images = batch["image"]
         rng = np.random.default_rng([self.seed, epoch, index])
         if self.random_flip:
             flips = rng.random(size)[local] < 0.5
@@ -125,7 +128,7 @@ class DataIterator:
         if self.centered:
             images = images * 2.0 - 1.0
         self.index += 1
-        return {"image": np.ascontiguousarray(images, np.float32), "label": np.asarray(labels, np.int32)}
+        return {**batch, "image": np.ascontiguousarray(images, np.float32), "label": np.asarray(batch["label"], np.int32)}
 
 
 class ToyIterator:

@@ -45,7 +45,8 @@ def get_dataset(
       name: a TFDS name (cifar10, svhn_cropped, celeb_a, lsun/<category>, mnist,
         fashion_mnist; case-insensitive, so the reference's CIFAR10, SVHN and CELEBA
         work), "digits", "digits_color", "photos", "toy:<name>" (or a toy's bare name), or
-        a path to a folder of PNG/JPEG images or to an .npz file.
+        a path to a folder of PNG/JPEG images or to an .npz file (either may hold text
+        embeddings, which the batches then carry as "text_embedding": see `sources`).
       split: "train" or "test" ("eval"; CelebA and LSUN use their validation split).
         For digits the split of `digits_split(seed=0)`, for photos `photos_split()`; for
         folders and .npz files and toys, the same data whatever the split.
@@ -109,12 +110,12 @@ def get_dataset(
         return DataIterator(TFDSSource(source, preprocess, shape), batch_size, random_flip=random_flip, **common)
 
     if os.path.isdir(name):
-        images, labels = load_image_folder(name, image_size, num_channels)
+        images, labels, extras = load_image_folder(name, image_size, num_channels)
     elif name.endswith((".npz", ".npy")):
-        images, labels = load_npz(name, image_size)
+        images, labels, extras = load_npz(name, image_size)
     else:
         raise ValueError(
             f"Unknown data set {name!r}: expected one of {', '.join(sorted(set(TFDS_NAMES)))}, lsun/<category>, "
             f"digits, digits_color, photos, toy:<{'|'.join(analytic.TOY_TARGETS)}>, a folder of PNG/JPEG images or an .npz file."
         )
-    return DataIterator(ArraySource(images, labels), batch_size, random_flip=random_flip, **common)
+    return DataIterator(ArraySource(images, labels, extras), batch_size, random_flip=random_flip, **common)

@@ -1,10 +1,17 @@
 """Where examples come from: TFDS data sets read through `tfds.data_source`, the
 bundled 8x8 digits, folders of PNG/JPEG images and .npz files.
 
-A source is random access: `len(source)` and `source.get_batch(indices)` ->
-(images float32 (n, H, W, C) in [0, 1], labels int32 (n,)). `ArraySource` holds
-everything in memory; `TFDSSource` decodes records of a tfds data source on demand.
+A source is random access: `len(source)` and `source.get_batch(indices)` -> a dict with
+"image" float32 (n, H, W, C) in [0, 1], "label" int32 (n,) and any per-example arrays
+stored beside them ("text_embedding" (n, L, E): a text encoder's precomputed outputs,
+padding folded in as zero vectors, `conditioning.embedding_condition`). `ArraySource`
+holds everything in memory; `TFDSSource` decodes records of a tfds data source on demand.
 (The 2-D toys are sampled, not stored: see `iterators.ToyIterator`.)
+
+Text embeddings are stored as the arrays `text_embeddings` (N, L, E) float and, optionally,
+`text_mask` (N, L) (nonzero: a real position): in an .npz data set beside its images, and
+for a folder of images in its sidecar file `text_embeddings.npz`, which adds `files` (N,),
+each image's path relative to the folder ("a/001.png"), to match rows to images.
 """
 
 from __future__ import annotations
@@ -46,26 +53,37 @@ NATIVE_SHAPES = {
     "fashion_mnist": (28, 28, 1),
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# The batch key of text embeddings (also the name of that condition, `training.condition`),
+# the arrays that store them, and an image folder's sidecar file of them.
+TEXT_EMBEDDING = "text_embedding"
+TEXT_EMBEDDINGS_KEY, TEXT_MASK_KEY, TEXT_FILES_KEY = "text_embeddings", "text_mask", "files"
+TEXT_SIDECAR = "text_embeddings.npz"
 
 
 # ----------------------------------------------------------------------------- sources
 
 
 class ArraySource:
-    """In-memory images (N, H, W, C) float32 in [0, 1] and labels (N,)."""
+    """In-memory images (N, H, W, C) float32 in [0, 1], labels (N,) and `extras`, other
+    per-example arrays by batch key (e.g. {"text_embedding": (N, L, E)})."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, extras: dict | None = None):
         self.images = np.asarray(images, np.float32)
         n = len(self.images)
         self.labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
         if len(self.labels) != n:
             raise ValueError(f"{len(self.labels)} labels for {n} images.")
+        self.extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
+        for k, v in self.extras.items():
+            if len(v) != n:
+                raise ValueError(f"{len(v)} entries of {k!r} for {n} images.")
 
     def __len__(self):
         return len(self.images)
 
-    def get_batch(self, indices: np.ndarray):
-        return self.images[indices], self.labels[indices]
+    def get_batch(self, indices: np.ndarray) -> dict:
+        return {"image": self.images[indices], "label": self.labels[indices],
+                **{k: v[indices] for k, v in self.extras.items()}}
 
     @property
     def element_shape(self):
@@ -83,7 +101,7 @@ class TFDSSource:
     def __len__(self):
         return len(self.source)
 
-    def get_batch(self, indices: np.ndarray):
+    def get_batch(self, indices: np.ndarray) -> dict:
         images = np.empty((len(indices),) + self.element_shape, np.float32)
         labels = np.zeros(len(indices), np.int32)
         keys = [int(i) for i in indices]
@@ -98,7 +116,7 @@ class TFDSSource:
             images[j] = img.astype(np.float32) / 255.0
             if "label" in record:
                 labels[j] = int(record["label"])
-        return images, labels
+        return {"image": images, "label": labels}
 
 
 # ----------------------------------------------------------------------------- digits
@@ -225,12 +243,37 @@ def photos_split(tile: int = 32):
 # ----------------------------------------------------------------------------- files
 
 
+def read_text_embeddings(data, path: str, rows=None) -> np.ndarray | None:
+    """The condition `(n, L, E)` float32 of an opened .npz's `text_embeddings` (n, L, E) and
+    optional `text_mask` (n, L) (`conditioning.embedding_condition`: padding folded in), their
+    rows `rows` only if given; None if it has no text embeddings. ValueError if malformed."""
+    from scoresde.conditioning import embedding_condition
+
+    if TEXT_EMBEDDINGS_KEY not in data:
+        if TEXT_MASK_KEY in data:
+            raise ValueError(f"{path}: '{TEXT_MASK_KEY}' without '{TEXT_EMBEDDINGS_KEY}'.")
+        return None
+    embeddings = np.asarray(data[TEXT_EMBEDDINGS_KEY])
+    mask = np.asarray(data[TEXT_MASK_KEY]) if TEXT_MASK_KEY in data else None
+    if embeddings.ndim != 3 or not np.issubdtype(embeddings.dtype, np.number):
+        raise ValueError(f"{path}: '{TEXT_EMBEDDINGS_KEY}' must be numbers of shape (N, L, E), got "
+                         f"{embeddings.dtype} {embeddings.shape}.")
+    if rows is not None:
+        embeddings, mask = embeddings[rows], None if mask is None else mask[rows]
+    try:
+        return embedding_condition(embeddings, mask)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 def load_npz(path: str, image_size: int | None = None):
-    """Images from an .npz (or .npy) file -> (images float32 (N, H, W, C) in [0, 1], labels or None).
+    """Images from an .npz (or .npy) file -> (images float32 (N, H, W, C) in [0, 1], labels
+    or None, extras: {"text_embedding": (N, L, E)} or {}).
 
     The image array is the entry named `images`, `image`, `x` or `arr_0`, or the only
-    entry; labels come from `labels`, `label` or `y` if present. Images are uint8 in
-    [0, 255] or floats in [0, 1], shaped (N, H, W) or (N, H, W, C) with C = 1 or 3.
+    entry; labels come from `labels`, `label` or `y` if present, text embeddings from
+    `text_embeddings` (N, L, E) with the optional padding mask `text_mask` (N, L). Images
+    are uint8 in [0, 255] or floats in [0, 1], shaped (N, H, W) or (N, H, W, C) with C = 1 or 3.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file: {path}")
@@ -238,6 +281,7 @@ def load_npz(path: str, image_size: int | None = None):
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"Could not read {path} as a NumPy .npz/.npy file: {e}") from e
+    extras = {}
     if isinstance(data, np.ndarray):
         images, labels = data, None
     else:
@@ -252,19 +296,27 @@ def load_npz(path: str, image_size: int | None = None):
         images = data[image_key]
         label_key = next((k for k in ("labels", "label", "y") if k in keys), None)
         labels = data[label_key] if label_key else None
+        text = read_text_embeddings(data, path)
+        if text is not None and len(text) != len(images):
+            raise ValueError(f"{path}: {len(text)} rows of '{TEXT_EMBEDDINGS_KEY}' for {len(images)} images.")
+        extras = {} if text is None else {TEXT_EMBEDDING: text}
     images = _check_image_array(np.asarray(images), path)
     if labels is not None and (np.ndim(labels) != 1 or len(labels) != len(images)):
         raise ValueError(f"{path}: labels must have shape ({len(images)},), got {np.shape(labels)}.")
     images = _resize_all(_to_unit_float(images, path), image_size)
-    return images, labels
+    return images, labels, extras
 
 
 def load_image_folder(path: str, image_size: int | None = None, num_channels: int | None = None):
-    """All PNG/JPEG files under a folder (recursively) -> float32 (N, H, W, C) in [0, 1].
+    """All PNG/JPEG files under a folder (recursively), in sorted order -> (images float32
+    (N, H, W, C) in [0, 1], None (no labels), extras: {"text_embedding": (N, L, E)} from the
+    sidecar `text_embeddings.npz` in the folder, or {}).
 
     Grey images give C = 1, colour images C = 3; a folder mixing both needs
     `num_channels` (1 or 3) to convert them. Images of different sizes need
-    `image_size`: each is resized (short side) and center-cropped to it.
+    `image_size`: each is resized (short side) and center-cropped to it. The sidecar
+    holds `files` (paths relative to the folder), `text_embeddings` and optionally
+    `text_mask`, a row per file; every image needs one.
     """
     from PIL import Image
 
@@ -304,7 +356,31 @@ def load_image_folder(path: str, image_size: int | None = None, num_channels: in
             img if img.shape[:2] == (image_size, image_size) else central_crop(resize_small(img, image_size), image_size)
             for img in images
         ]
-    return np.stack(images).astype(np.float32) / 255.0, None
+    return np.stack(images).astype(np.float32) / 255.0, None, _sidecar_embeddings(path, files)
+
+
+def _sidecar_embeddings(folder: str, files: list[str]) -> dict:
+    """The text embeddings of an image folder's `files` from its sidecar file, or {}."""
+    sidecar = os.path.join(folder, TEXT_SIDECAR)
+    if not os.path.exists(sidecar):
+        return {}
+    try:
+        data = np.load(sidecar, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"Could not read {sidecar} as a NumPy .npz file: {e}") from e
+    if TEXT_FILES_KEY not in data or TEXT_EMBEDDINGS_KEY not in data:
+        raise ValueError(f"{sidecar}: needs the arrays '{TEXT_FILES_KEY}' (image paths relative to the folder) and "
+                         f"'{TEXT_EMBEDDINGS_KEY}' (a row per file); it has {list(data.keys())}.")
+    row = {str(name).replace(os.sep, "/"): i for i, name in enumerate(data[TEXT_FILES_KEY])}
+    relative = [os.path.relpath(f, folder).replace(os.sep, "/") for f in files]
+    missing = [f for f in relative if f not in row]
+    if missing:
+        raise ValueError(f"{sidecar}: no text embedding for {len(missing)} of the {len(files)} images, e.g. "
+                         f"{missing[0]!r} (its '{TEXT_FILES_KEY}' names them relative to the folder).")
+    if len(data[TEXT_EMBEDDINGS_KEY]) != len(row):
+        raise ValueError(f"{sidecar}: {len(data[TEXT_EMBEDDINGS_KEY])} rows of '{TEXT_EMBEDDINGS_KEY}' for "
+                         f"{len(row)} '{TEXT_FILES_KEY}'.")
+    return {TEXT_EMBEDDING: read_text_embeddings(data, sidecar, rows=np.array([row[f] for f in relative]))}
 
 
 # ----------------------------------------------------------------------------- TFDS

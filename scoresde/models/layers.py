@@ -225,6 +225,14 @@ class CrossAttnBlock(nn.Module):
         return _residual(x, h, self.skip_rescale)
 
 
+def _with_null(null, h, mask):
+    """Prepend the learned null embedding `(dim,)`, never masked, to a context `(B, L, dim)`
+    and its mask `(B, L)`: a row of padding only (the null condition) attends to it alone."""
+    B, _, dim = h.shape
+    context = jnp.concatenate([jnp.broadcast_to(null.astype(h.dtype), (B, 1, dim)), h], axis=1)
+    return context, jnp.concatenate([jnp.ones((B, 1), bool), mask], axis=1)
+
+
 class ContextEmbedding(nn.Module):
     """Tokens `(B, L)` (0 = padding) -> context `(B, 1 + L, dim)` and its mask `(B, 1 + L)`.
 
@@ -239,15 +247,31 @@ class ContextEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        B, L = tokens.shape
+        L = tokens.shape[1]
         if L > self.length:
             raise ValueError(f"Token sequences are at most context_length={self.length} long, got length {L}.")
         position = self.param("position", nn.initializers.normal(0.02), (self.length, self.dim))
         null = self.param("null", nn.initializers.normal(1.0), (self.dim,))
         h = nn.Embed(self.vocab_size, self.dim)(tokens) + position[:L]
-        context = jnp.concatenate([jnp.broadcast_to(null, (B, 1, self.dim)), h], axis=1)
-        mask = jnp.concatenate([jnp.ones((B, 1), bool), tokens != 0], axis=1)
-        return context, mask
+        return _with_null(null, h, tokens != 0)
+
+
+class ContextProjection(nn.Module):
+    """Embeddings `(B, L, E)` (an all-zero vector = padding) -> context `(B, 1 + L, dim)`
+    and its mask `(B, 1 + L)`.
+
+    context = [null, Dense(embeddings)]: a learned projection E -> dim of an encoder's
+    outputs (which carry their own positions), after one learned null embedding that is
+    never masked, so a row of padding only (the null condition) attends to it alone.
+    """
+
+    dim: int = 64
+
+    @nn.compact
+    def __call__(self, embeddings):
+        null = self.param("null", nn.initializers.normal(1.0), (self.dim,))
+        h = nn.Dense(self.dim, kernel_init=default_init())(embeddings)
+        return _with_null(null, h, jnp.any(embeddings != 0, axis=-1))
 
 
 def class_embedding(y, batch_size: int, num_classes: int, features: int, embedding_init=nn.linear.default_embed_init):

@@ -11,12 +11,14 @@ ladder `get_sigmas` used with discrete (positional) labels.
 
 Conditioning (not in the reference; see `scoresde.conditioning` for the convention on y):
 `num_classes` > 0 adds a class embedding to the time embedding; `context_vocab_size`
-> 0 embeds token sequences (`layers.ContextEmbedding`) and follows every
-self-attention block with a `layers.CrossAttnBlock` to them. `sr_factor` f > 0 makes a
-super-resolution network (SR3, Saharia et al. 2021; cascaded diffusion, Ho et al. 2021): y
-is a low-resolution image `(B, H/f, W/f, C)`, upsampled (nearest) and concatenated to x on
-the channels (`conditioning.low_res_input`), so only the first convolution grows. With all
-three 0 (the defaults) the network and its parameters are the reference's.
+> 0 embeds token sequences (`layers.ContextEmbedding`), `context_embedding_dim` > 0
+projects float embeddings (an encoder's outputs, `layers.ContextProjection`), and
+either follows every self-attention block with a `layers.CrossAttnBlock` to them.
+`sr_factor` f > 0 makes a super-resolution network (SR3, Saharia et al. 2021; cascaded
+diffusion, Ho et al. 2021): y is a low-resolution image `(B, H/f, W/f, C)`, upsampled
+(nearest) and concatenated to x on the channels (`conditioning.low_res_input`), so only
+the first convolution grows. With all four 0 (the defaults) the network and its
+parameters are the reference's.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class NCSNpp(nn.Module):
     context_vocab_size: int = 0
     context_length: int = 8
     context_dim: int = 64
+    context_embedding_dim: int = 0
     sr_factor: int = 0  # > 0: y is a low-resolution image (B, H/f, W/f, C) concatenated to x, upsampled
     remat: bool = False  # gradient checkpointing: recompute each residual block in the backward pass
     compute_dtype: str = "float32"  # "bfloat16": mixed precision (float32 parameters, GroupNorm statistics, softmax)
@@ -94,21 +97,21 @@ class NCSNpp(nn.Module):
             raise ValueError(f"Only conv_size 3 is implemented (as in the reference), got {self.conv_size}.")
         if isinstance(self.sr_factor, bool) or not (isinstance(self.sr_factor, int) and self.sr_factor >= 0):
             raise ValueError(f"sr_factor must be an integer >= 0 (0: no low-resolution input), got {self.sr_factor!r}.")
-        if self.sr_factor and (self.num_classes or self.context_vocab_size):
+        if self.sr_factor and (self.num_classes or self.context_vocab_size or self.context_embedding_dim):
             raise ValueError("A super-resolution network (sr_factor > 0) takes the low-resolution image as its "
-                             "condition y; it cannot also take class labels or tokens.")
+                             "condition y; it cannot also take class labels, tokens or embeddings.")
         if self.num_classes and not self.conditional:
             raise ValueError("Class conditioning (num_classes > 0) needs conditional=True (a time embedding).")
 
     @nn.compact
     def __call__(self, x, time_cond, y=None, train: bool = True):
-        """y: None, class labels `(B,)`, tokens `(B, L)` or a low-resolution image `(B, H/f, W/f, C)`, as
-        configured (see `scoresde.conditioning`)."""
+        """y: None, class labels `(B,)`, tokens `(B, L)`, embeddings `(B, L, E)` or a low-resolution
+        image `(B, H/f, W/f, C)`, as configured (see `scoresde.conditioning`)."""
         self._check()
         if self.sr_factor:
             check_low_res(y, x.shape, self.sr_factor)
         else:
-            check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size)
+            check_condition(y, x.shape[0], self.num_classes, self.context_vocab_size, self.context_embedding_dim)
         act = layers.get_act(self.nonlinearity)
         nf, ch_mult, num_res_blocks = self.nf, self.ch_mult, self.num_res_blocks
         attn_resolutions, num_resolutions = tuple(self.attn_resolutions), len(ch_mult)
@@ -140,6 +143,10 @@ class NCSNpp(nn.Module):
             # y=None: one padding token, so only the null token is attended to.
             embed = layers.ContextEmbedding(self.context_vocab_size, self.context_length, self.context_dim)
             context, mask = embed(jnp.zeros((x.shape[0], 1), jnp.int32) if y is None else y)
+        elif self.context_embedding_dim:
+            # y=None: one padding vector, so only the null embedding is attended to.
+            embed = layers.ContextProjection(self.context_dim)
+            context, mask = embed(jnp.zeros((x.shape[0], 1, self.context_embedding_dim)) if y is None else y)
 
         def attend(h):
             """Self-attention, then cross-attention to the context if there is one."""

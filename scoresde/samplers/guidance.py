@@ -1,8 +1,8 @@
 """Conditional sampling: bind a condition, classifier-free guidance, classifier guidance.
 
 A conditional score function extends the contract to `score_fn(x, t, y=None)`, with y
-class labels `(B,)` (-1: no label) or token sequences `(B, L)` (all padding: none), and
-y = None the unconditional score (see `scoresde.conditioning`). Each function here returns a
+class labels `(B,)` (-1: no label), token sequences `(B, L)` or embeddings `(B, L, E)`
+(all padding: none), and y = None the unconditional score (see `scoresde.conditioning`). Each function here returns a
 `ScoreModel` called as score(x, t), so guidance works with every sampler and with the
 likelihood. Its condition y and guidance weight are traced leaves: a sweep over labels
 or weights reuses one compiled sampler:
@@ -30,7 +30,7 @@ from scoresde.score import ScoreModel, as_score_model, pytree_dataclass
 
 @pytree_dataclass
 class Conditioned(ScoreModel):
-    """s(x, t, y) with y `(B,)` or `(B, L)` bound: sample p(x | y) with any sampler."""
+    """s(x, t, y) with y `(B,)`, `(B, L)` or `(B, L, E)` bound: sample p(x | y) with any sampler."""
 
     score: ScoreModel
     y: jax.Array
@@ -80,7 +80,7 @@ def classifier_free(score_fn, y, w: float) -> ClassifierFree:
 
     Args:
       score_fn: a conditional `score_fn(x, t, y)` trained with condition dropout.
-      y: the condition `(B,)` or `(B, L)`.
+      y: the condition `(B,)`, `(B, L)` or `(B, L, E)` (`scoresde.conditioning`).
       w: the guidance weight; 0 gives the conditional score, -1 the unconditional one.
     """
     return ClassifierFree(as_score_model(score_fn), jnp.asarray(y), jnp.asarray(w, jnp.float32))
