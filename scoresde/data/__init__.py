@@ -24,7 +24,9 @@ Names:
     resize), lsun/<category> (resize the short side, then center crop), mnist,
     fashion_mnist. They must be prepared first (the error says how).
   - digits: scikit-learn's bundled 8x8 handwritten digits (no download), 17 grey
-    levels; `digits_split` fixes the train/test split. digits_color: the same, each
+    levels; `digits_split` fixes the train/test split.
+  - photos: random crops of scikit-learn's two sample photographs (no download),
+    a small RGB set; `photos_split` holds out a disjoint region of each photograph. digits_color: the same, each
     digit tinted in one of six saturated colours (for colorization).
   - toy:<name> (or the bare name) for `scoresde.analytic.toy_target`: 8gaussians,
     grid, moons, swissroll, checkerboard. An infinite stream of fresh samples.
@@ -55,6 +57,7 @@ from scoresde.data.sources import (
     load_image_folder,
     load_npz,
     open_tfds,
+    photos_split,
 )
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "load_image_folder",
     "load_npz",
     "open_tfds",
+    "photos_split",
     "resize",
     "resize_small",
     "spell",

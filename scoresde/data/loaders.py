@@ -17,6 +17,7 @@ from scoresde.data.sources import (
     load_image_folder,
     load_npz,
     open_tfds,
+    photos_split,
 )
 
 
@@ -43,14 +44,17 @@ def get_dataset(
     Args:
       name: a TFDS name (cifar10, svhn_cropped, celeb_a, lsun/<category>, mnist,
         fashion_mnist; case-insensitive, so the reference's CIFAR10, SVHN and CELEBA
-        work), "digits", "toy:<name>" (or a toy's bare name), or a path to a folder of
-        PNG/JPEG images or to an .npz file.
+        work), "digits", "photos" (random crops of scikit-learn's two sample
+        photographs, `photos_split`; image_size is the crop size, default 32),
+        "toy:<name>" (or a toy's bare name), or a path to a folder of PNG/JPEG
+        images or to an .npz file.
       split: "train" or "test" ("eval"; CelebA and LSUN use their validation split).
-        For digits the split of `digits_split(seed=0)`; for folders and .npz files
-        and toys, the same data whatever the split.
+        For digits the split of `digits_split(seed=0)`, for photos that of
+        `photos_split(image_size)` (disjoint regions of the photographs); for
+        folders and .npz files and toys, the same data whatever the split.
       batch_size: the global batch size (divisible by the number of processes).
       image_size: output height = width; None keeps the native size (CelebA 64,
-        LSUN 256 by default).
+        LSUN 256 by default; photos 32).
       centered: scale to [-1, 1] instead of [0, 1].
       random_flip: random horizontal flips; default True for training images,
         False for evaluation, toys and digits.
@@ -94,6 +98,11 @@ def get_dataset(
         return DataIterator(ArraySource(x, y), batch_size, random_flip=bool(random_flip), **common)
 
     random_flip = train if random_flip is None else random_flip
+    if name == "photos":
+        train_x, train_y, test_x, test_y = photos_split(image_size or 32)
+        x, y = (train_x, train_y) if train else (test_x, test_y)
+        return DataIterator(ArraySource(x, y), batch_size, random_flip=random_flip, **common)
+
     if name in TFDS_NAMES or name.startswith("lsun/"):
         tfds_name = TFDS_NAMES.get(name, name)
         preprocess, shape = _tfds_preprocess(tfds_name, image_size)
@@ -107,6 +116,6 @@ def get_dataset(
     else:
         raise ValueError(
             f"Unknown data set {name!r}: expected one of {', '.join(sorted(set(TFDS_NAMES)))}, lsun/<category>, "
-            f"digits, toy:<{'|'.join(analytic.TOY_TARGETS)}>, a folder of PNG/JPEG images or an .npz file."
+            f"digits, photos, toy:<{'|'.join(analytic.TOY_TARGETS)}>, a folder of PNG/JPEG images or an .npz file."
         )
     return DataIterator(ArraySource(images, labels), batch_size, random_flip=random_flip, **common)

@@ -1,5 +1,5 @@
 """Where examples come from: TFDS data sets read through `tfds.data_source`, the
-bundled 8x8 digits, folders of PNG/JPEG images and .npz files.
+bundled 8x8 digits, crops of scikit-learn's two sample photographs, folders of PNG/JPEG images and .npz files.
 
 A source is random access: `len(source)` and `source.get_batch(indices)` ->
 (images float32 (n, H, W, C) in [0, 1], labels int32 (n,)). `ArraySource` holds
@@ -160,6 +160,59 @@ def digits_color_split(seed: int = 0):
     colors = DIGIT_COLORS[rng.integers(len(DIGIT_COLORS), size=len(train_x) + len(test_x))]
     tint = lambda x, c: x * c[:, None, None, :]  # noqa: E731
     return tint(train_x, colors[: len(train_x)]), train_y, tint(test_x, colors[len(train_x) :]), test_y
+
+# ----------------------------------------------------------------------------- photos
+
+PHOTO_NAMES = ("china", "flower")  # scikit-learn's two sample photographs (640 x 427 JPEGs)
+
+
+@functools.cache
+def _load_photos_cached():
+    """scikit-learn's sample photographs as uint8 (427, 640, 3) arrays, read directly (what
+    `sklearn.datasets.load_sample_images` reads) without importing scikit-learn."""
+    from PIL import Image
+
+    spec = importlib.util.find_spec("sklearn")
+    for loc in list(spec.submodule_search_locations or []) if spec else []:
+        paths = [os.path.join(loc, "datasets", "images", f"{name}.jpg") for name in PHOTO_NAMES]
+        if all(os.path.exists(p) for p in paths):
+            return tuple(np.asarray(Image.open(p).convert("RGB")) for p in paths)
+    raise FileNotFoundError("scikit-learn's sample images (china.jpg, flower.jpg) were not found; "
+                            "install scikit-learn to use the 'photos' data set.")
+
+
+def photos_split(image_size: int = 32, num_train: int = 2048, num_test: int = 256, seed: int = 0):
+    """Random image_size x image_size crops of scikit-learn's two sample photographs, a small
+    RGB data set with no download.
+
+    Each photograph is resized (antialiased) so that its short side is 8 * image_size, and
+    tiled into blocks of 2 * image_size (4 x 6 blocks); every crop lies inside one block. The
+    blocks with (row + column) % 4 == 0 (6 of 24, spread over the photograph) give the test
+    crops, the others the training crops, so no test pixel is ever seen in training. Per
+    photograph, `num_train` and `num_test` crops, their blocks and positions drawn with
+    `np.random.default_rng([seed, photo, split])`. Labels: the photograph (0 china, 1 flower).
+
+    Returns (train_images, train_labels, test_images, test_labels), images float32
+    (N, image_size, image_size, 3) in [0, 1].
+    """
+    if not (isinstance(image_size, (int, np.integer)) and image_size >= 2):
+        raise ValueError(f"photos: image_size must be an integer >= 2, got {image_size!r}.")
+    out = {"train": ([], []), "test": ([], [])}
+    block = 2 * image_size
+    for label, photo in enumerate(_load_photos_cached()):
+        photo = resize_small(photo, 8 * image_size)
+        rows, cols = photo.shape[0] // block, photo.shape[1] // block
+        held_out = (np.arange(rows)[:, None] + np.arange(cols)[None, :]) % 4 == 0
+        for split_id, (split, num) in enumerate((("train", num_train), ("test", num_test))):
+            blocks = np.argwhere(held_out if split == "test" else ~held_out)
+            rng = np.random.default_rng([seed, label, split_id])
+            top_left = blocks[rng.integers(len(blocks), size=num)] * block + rng.integers(0, block - image_size + 1, (num, 2))
+            crops = [photo[t : t + image_size, x : x + image_size] for t, x in top_left]
+            out[split][0].append(np.stack(crops).astype(np.float32) / 255.0)
+            out[split][1].append(np.full(num, label, np.int32))
+    (train_x, train_y), (test_x, test_y) = ((np.concatenate(x), np.concatenate(y)) for x, y in out.values())
+    return train_x, train_y, test_x, test_y
+
 
 # ----------------------------------------------------------------------------- files
 
