@@ -7,6 +7,9 @@ train, samplers, likelihood) take explicit arguments, and this module reads the
 A workdir holds `config.json` (the resolved config the run was started with),
 `checkpoints/` and `checkpoints-meta/`, `metrics.jsonl`, `tensorboard/`, `samples/`.
 
+A latent config (`data.autoencoder`, `scoresde.latent`) trains on an autoencoder's latents:
+`data_shape` is the latent shape and `to_unit_range`, where samples become images, decodes.
+
 What the `scoresde` commands do is here as one call each, with explicit arguments:
 `train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization, super-resolution)
 with `save_samples`, `likelihood_report`; `ablation.ablate_workdir` / `ablate_target`
@@ -88,7 +91,7 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, *, un
             centered=d.get("centered", False) and not unit_range,
             random_flip=d.get("random_flip") if split == "train" and not unit_range else False,
             uniform_dequantization=d.get("uniform_dequantization", False) and not unit_range,
-            num_channels=d.get("num_channels") if is_image_data(config) else None,  # image folders convert
+            num_channels=None if d.get("dim") else d.get("num_channels"),  # image folders convert
             seed=config.seed,
             **kwargs,
         )
@@ -912,12 +915,12 @@ def likelihood_report(
     the path written."""
     from scoresde import likelihood, reporting
 
+    if latent_space(load_config(workdir)):
+        raise UserError("likelihood reports bits/dim of pixels; this model's density is over an autoencoder's "
+                        "latents (data.autoencoder), which has no pixel likelihood here.")
     config, sde, score, step = load_score_fn(workdir)
     if not is_image_data(config):
         raise UserError("likelihood reports bits/dim of discrete image data; this config has 2-D points.")
-    if latent_space(config):
-        raise UserError("likelihood reports bits/dim of pixels; this model's density is over an autoencoder's "
-                        "latents (data.autoencoder), which has no pixel likelihood here.")
     split = split or config.eval.bpd_dataset
     out = out or os.path.join(workdir, "eval", f"bpd_{split}_step{step}.json")
     workdir_lib.check_writable(os.path.dirname(os.path.abspath(out)))

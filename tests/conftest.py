@@ -62,6 +62,7 @@ SLOW = (
     "tests/test_imputation.py::test_tmpd_2d_exact_conditional",
     "tests/test_conditional_models.py::test_cross_attention_ncsnpp",
     "tests/test_memory_options.py::test_accumulation_cuts_the_step_memory",
+    "tests/test_latent.py::test_cli_autoencoder_then_latent_model",
 )
 
 
@@ -276,3 +277,28 @@ def random_params(shapes, seed=0, vector_std=0.0, fourier_std=16.0):
         return jnp.asarray(std * rng.normal(size=leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+# ---------------------------------------------------------------------------------------
+# Latent diffusion (tests/test_latent.py, tests/test_configs.py).
+
+# Tiny autoencoders: digits 8x8x1 -> 4x4x2, photos 32x32x3 -> 8x8x4.
+TINY_AE = {"digits_ae": ["model.nf=8", "model.ch_mult=(1, 2)", "model.num_res_blocks=0", "model.latent_channels=2"],
+           "photos_ae": ["model.nf=8", "model.ch_mult=(1, 2, 2)", "model.num_res_blocks=0"]}
+
+
+def make_autoencoder(path, name="digits_ae", seed=0, step=1):
+    """An autoencoder workdir (config `name` with `TINY_AE`) holding one checkpoint at `step`
+    of freshly initialized parameters (`seed`): no training needed to test what reads it.
+    Returns (model, params)."""
+    from scoresde import checkpoints, experiment, train
+    from scoresde.workdir import save_config
+
+    config = experiment.get_config(name, TINY_AE[name] + [f"seed={seed}"])
+    model = experiment.model_from_config(config)
+    state = train.init_train_state(model, None, jax.random.PRNGKey(seed), experiment.data_shape(config),
+                                   experiment.train_kwargs(config)["optimizer"])
+    save_config(str(path), config)
+    with checkpoints.CheckpointManager(str(path), async_save=False) as manager:
+        manager.save(step, state)
+    return model, state.ema_params

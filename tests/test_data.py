@@ -41,6 +41,43 @@ def test_digits_split_is_fixed_and_disjoint():
     np.testing.assert_array_equal(labels, ref.target)
 
 
+# ----------------------------------------------------------------------------- photos
+
+
+def test_photos_split_holds_out_disjoint_blocks(monkeypatch):
+    """On synthetic "photographs" whose pixels hold their own coordinates (already at the
+    working size 8 * image_size, so the resize is the identity), every crop is an exact
+    window inside one block, test crops only in the held-out blocks ((row + col) % 4 == 0)."""
+    size = 4
+    h, w = 8 * size, 12 * size
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    photos = tuple(np.stack([rows, cols, np.full_like(rows, k)], -1).astype(np.uint8) for k in range(2))
+    monkeypatch.setattr(data.sources, "_load_photos_cached", lambda: photos)
+    tr_x, tr_y, te_x, te_y = data.photos_split(size, num_train=300, num_test=100)
+    assert tr_x.shape == (600, size, size, 3) and te_x.shape == (200, size, size, 3)
+    np.testing.assert_array_equal(tr_y, np.repeat([0, 1], 300))
+    for x, y, held_out in ((tr_x, tr_y, False), (te_x, te_y, True)):
+        coords = np.round(x * 255).astype(int)
+        top, left = coords[:, 0, 0, 0], coords[:, 0, 0, 1]
+        # Exact windows of the photograph they come from.
+        assert np.all(coords[..., 0] == top[:, None, None] + np.arange(size)[None, :, None])
+        assert np.all(coords[..., 1] == left[:, None, None] + np.arange(size)[None, None, :])
+        np.testing.assert_array_equal(coords[:, 0, 0, 2], y)
+        # Inside one block of 2 * size, in the held-out pattern or out of it.
+        block_row, block_col = top // (2 * size), left // (2 * size)
+        assert np.all((top + size - 1) // (2 * size) == block_row) and np.all((left + size - 1) // (2 * size) == block_col)
+        assert np.all(((block_row + block_col) % 4 == 0) == held_out)
+    # Deterministic, and the real photographs give RGB crops in [0, 1].
+    monkeypatch.undo()
+    a, b = data.photos_split(8, num_train=4, num_test=2), data.photos_split(8, num_train=4, num_test=2)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert a[0].shape == (8, 8, 8, 3) and 0 <= a[0].min() and a[0].max() <= 1 and a[0].std() > 0.05
+    batch = next(data.get_dataset("photos", "test", 16, image_size=8))
+    assert batch["image"].shape == (16, 8, 8, 3)
+    with pytest.raises(ValueError, match="image_size"):
+        data.photos_split(1)
+
+
 @pytest.mark.parametrize("centered", [False, True])
 def test_digits_batches_scaling_and_epochs(centered):
     it = data.get_dataset("digits", "train", batch_size=100, centered=centered)

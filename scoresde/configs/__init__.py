@@ -491,10 +491,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     problems = []
     paths = ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector",
-             "optim.optimizer")
-    if config.training.get("objective") == "autoencoder":  # no SDE, nothing to sample
-        paths = ("model.name", "optim.optimizer")
-    for path in paths + ("training.objective", "training.condition"):
+             "optim.optimizer", "training.objective", "training.condition")
+    if config.training.get("objective") == "autoencoder":  # no SDE, nothing to sample, no condition
+        paths = ("model.name", "optim.optimizer", "training.objective")
+    for path in paths:
         section, key = path.split(".")
         if key not in config[section]:
             problems.append(f"config.{path} is missing")

@@ -7,4 +7,5 @@ from scoresde.configs._autoencoder import get_autoencoder_config
 def get_config():
   config = get_autoencoder_config('digits', 8, 1, ch_mult=(1, 2), latent_channels=2)
   config.training.batch_size = 128
+  config.model.nf = 16
   return config

@@ -6,6 +6,8 @@ from scoresde.configs._autoencoder import get_autoencoder_config
 
 
 def get_config():
-  config = get_autoencoder_config('photos', 32, 3, ch_mult=(1, 2, 2), latent_channels=4)
+  config = get_autoencoder_config('photos', 32, 3, ch_mult=(1, 2, 4), latent_channels=4)
+  config.model.nf = 16  # widths 16, 32, 64 at 32, 16, 8
+  config.training.batch_size = 32
   config.data.random_flip = True
   return config

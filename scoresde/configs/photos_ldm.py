@@ -1,5 +1,5 @@
-"""CPU-sized latent diffusion on 32 x 32 photo crops: `photos_vp`'s SDE and U-Net (on
-resolutions 8 and 4) on the 8 x 8 x 4 latents of the `photos_ae` autoencoder in
+"""CPU-sized latent diffusion on 32 x 32 photo crops: `photos_vp`'s SDE and `digits_vp`'s U-Net
+(nf 32, resolutions 8 and 4) on the 8 x 8 x 4 latents of the `photos_ae` autoencoder in
 data.autoencoder (default runs/photos_ae, relative to where the command runs).
 
     scoresde train --config photos_ae --workdir runs/photos_ae
@@ -13,5 +13,6 @@ from scoresde.configs.photos_vp import get_config as get_photos_vp
 def get_config():
   config = get_photos_vp()
   config.data.autoencoder = 'runs/photos_ae'
+  config.model.nf = 32
   config.model.ch_mult = (1, 2)  # resolutions 8 and 4
   return config
