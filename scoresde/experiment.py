@@ -490,6 +490,9 @@ def get_config(config, overrides=()) -> ml_collections.ConfigDict:
 FIXED_ON_RESUME = ("model.", "data.", "training.sde", "training.continuous", "training.objective",
                    "training.condition")
 FREE_ON_RESUME = ("model.remat", "model.compute_dtype", "model.ema_rate")
+# data settings a latent run resolves and records in config.json when it starts (`latent`), and
+# their unresolved values in a config.
+RECORDED_AT_START = {"autoencoder_step": -1, "latent_scale": 0.0}
 
 
 def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collections.ConfigDict, bool]:
@@ -507,7 +510,11 @@ def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collection
         if config is not None:
             given = _as_config(config)
             for section in ("model", "data"):
-                if given[section].to_json() != saved[section].to_json():
+                ours, theirs = json.loads(given[section].to_json()), json.loads(saved[section].to_json())
+                for key, unset in RECORDED_AT_START.items():  # what the run recorded, not a difference
+                    if section == "data" and ours.get(key) == unset and key in theirs:
+                        ours[key] = theirs[key]
+                if ours != theirs:
                     name = config if isinstance(config, str) else config.get("name", "the given config")
                     raise UserError(
                         f"{workdir!r} holds a run of another config ({section} settings differ from "

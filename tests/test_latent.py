@@ -122,6 +122,11 @@ def test_latent_cache_scale_reuse_and_invalidation(tmp_path, monkeypatch):
     np.testing.assert_array_equal(train_iter.source.labels, data.digits_split()[1])
     assert next(train_iter)["image"].shape == (32, 4, 4, 2)
 
+    # Resuming with the same config is not "another config": the recorded step and scale are the run's.
+    save_config(workdir, config)
+    resumed, is_resumed = experiment.train_config(workdir, latent_config(ae_path))
+    assert is_resumed and resumed.data.latent_scale == config.data.latent_scale
+
     # A second run (a resume) reads the cache: nothing is encoded.
     def refuse(*args, **kwargs):
         raise AssertionError("encoded again")
