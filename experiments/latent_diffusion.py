@@ -107,6 +107,28 @@ def fd(images, reference_stats, space) -> float:
     return feature_spaces.fd_from_stats(feature_spaces.compute_stats(images, space), reference_stats)["fd"]
 
 
+def measured(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: bool) -> dict:
+    """`measure`, or what an earlier run of this script measured for `name` with the same settings
+    (`<runs>/<name>_measured.{json,npz}`, written when a data set is done), so that an interrupted
+    run goes on with the next data set."""
+    path = os.path.join(runs, f"{name}_measured")
+    settings = {"num": num, "time_num": time_num, "rounds": rounds}
+    if os.path.exists(path + ".json"):
+        with open(path + ".json") as f:
+            result = json.load(f)
+        if result.pop("_settings", None) == settings:
+            with np.load(path + ".npz") as images:
+                result["_images"] = {k: images[k] for k in images.files}
+            result["_images"]["recon_png"] = result.pop("_recon_png")
+            return result
+    result = measure(name, runs, num, time_num, rounds, tiny)
+    images = dict(result["_images"])
+    np.savez(path + ".npz", **{k: v for k, v in images.items() if k != "recon_png"})
+    reporting.write_json(path + ".json", {**{k: v for k, v in result.items() if k != "_images"},
+                                          "_settings": settings, "_recon_png": images["recon_png"]})
+    return result
+
+
 def measure(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: bool) -> dict:
     ae_name, ldm_name, pixel_name, space, ae_steps, steps = DATASETS[name]
     if tiny:
@@ -223,7 +245,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = tmp if args.tiny else args.runs
         num, time_num, rounds = (32, 8, 1) if args.tiny else (args.num, args.time_num, args.rounds)
-        results = [measure(name, runs, num, time_num, rounds, args.tiny) for name in names]
+        results = [measured(name, runs, num, time_num, rounds, args.tiny) for name in names]
         prefix = write(results, args.out, "_tiny" if args.tiny else "", rounds, time.perf_counter() - start,
                        command.strip())
     print(open(prefix + ".md").read())

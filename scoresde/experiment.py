@@ -274,10 +274,11 @@ def train_kwargs(config) -> dict:
     if (objective == "autoencoder") != (config.model.name == "autoencoder"):
         raise UserError("training.objective='autoencoder' and model.name='autoencoder' go together "
                         f"(got {objective!r} and {config.model.name!r}).")
-    loss_kwargs = {} if objective == "autoencoder" else dict(continuous=t.continuous)
-    if objective == "autoencoder":
-        loss_kwargs.update(kl_weight=t.kl_weight, reconstruction=t.reconstruction)
-    elif objective == "score":
+    if objective == "autoencoder":  # no SDE: no time labels
+        loss_kwargs = dict(kl_weight=t.kl_weight, reconstruction=t.reconstruction)
+    else:
+        loss_kwargs = dict(continuous=t.continuous)
+    if objective == "score":
         loss_kwargs.update(
             reduce_mean=t.reduce_mean,
             likelihood_weighting=t.likelihood_weighting,
