@@ -20,8 +20,8 @@ Measured:
   reconstructions (what the autoencoder alone costs) and for as many training images;
 - training cost: seconds per step of the compiled train steps, the best of `--rounds`
   interleaved rounds (so that both models see the same machine load), and each run's wall
-  time (compilation and snapshots included; the latent model's total adds its autoencoder and
-  the encoding of the data);
+  time from its logs (`run_seconds`: compilation and snapshots included; the latent model's
+  total adds its autoencoder's and the encoding of the training data, timed once compiled);
 - sampling cost: seconds for `--time-num` samples (compiled; the latent model's include
   decoding them), the best of `--rounds` interleaved rounds.
 
@@ -37,6 +37,7 @@ images beside their reconstructions); `_tiny` names with --tiny.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ import jax
 import numpy as np
 
 from scoresde import autoencoder, experiment, models, reporting, train
+from scoresde import workdir as workdir_lib
 from scoresde.evaluation import feature_spaces
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,15 +67,30 @@ TINY_AE = ["model.nf=8", "model.num_res_blocks=0", "training.batch_size=16", "tr
 TINY_SCORE = ["model.nf=8", "model.ch_mult=(1,)", "training.batch_size=16", "training.log_freq=1"]
 
 
-def train_run(workdir: str, name: str, steps: int, overrides=()) -> float:
-    """Train config `name` to `steps` steps in `workdir` (or resume it; a finished run only
-    loads); the seconds it took."""
+def train_run(workdir: str, name: str, steps: int, overrides=()):
+    """Train config `name` to `steps` steps in `workdir` (or resume it; a finished run only loads)."""
     overrides = [f"training.n_iters={steps}", f"training.snapshot_freq={steps}",
                  f"training.snapshot_freq_for_preemption={steps}", *overrides]
     config = None if os.path.exists(experiment.config_path(workdir)) else name
-    start = time.perf_counter()
     experiment.train_workdir(workdir, config, overrides)
-    return time.perf_counter() - start
+
+
+def run_seconds(workdir: str) -> float:
+    """A run's training wall time from its logs, so that a rerun of this script, which only
+    loads finished runs, reports it too: for each start or resume in config_history.jsonl, the
+    time to the last row of metrics.jsonl before the next one (compilation included; a resume
+    that trains nothing adds nothing)."""
+    def seconds(text):
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+    starts = [seconds(e["time"]) for e in workdir_lib.history(workdir) if e["event"] in ("start", "resume")]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        times = [json.loads(line)["time"] for line in f if '"time"' in line]
+    total = 0.0
+    for begin, end in zip(starts, starts[1:] + [float("inf")]):
+        inside = [t for t in times if begin <= t < end]
+        total += max(inside) - begin if inside else 0.0
+    return total
 
 
 def step_seconds(config, steps: int = 10):
@@ -129,23 +146,36 @@ def measured(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: b
     return result
 
 
+def add_run_times(result: dict, runs: str) -> dict:
+    """The runs' training wall times (`run_seconds`); the latent model's total adds its
+    autoencoder's and the encoding of the training data."""
+    name = result["data"]
+    ae, ldm, pixel = (run_seconds(os.path.join(runs, f"{name}_{k}")) for k in ("ae", "ldm", "pixel"))
+    result["autoencoder"]["train_run_s"] = ae
+    result["latent"].update(score_model_run_s=ldm, train_run_s=ldm + ae + result["latent"]["encode_s"])
+    result["pixel"]["train_run_s"] = pixel
+    return result
+
+
 def measure(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: bool) -> dict:
     ae_name, ldm_name, pixel_name, space, ae_steps, steps = DATASETS[name]
     if tiny:
         ae_steps, steps = 4, 4
     dirs = {k: os.path.join(runs, f"{name}_{k}") for k in ("ae", "ldm", "pixel")}
-    wall = {
-        "ae": train_run(dirs["ae"], ae_name, ae_steps, TINY_AE if tiny else ()),
-        "ldm": train_run(dirs["ldm"], ldm_name, steps, [f"data.autoencoder={dirs['ae']}", *QUIET,
-                                                       *(TINY_SCORE if tiny else ())]),
-        "pixel": train_run(dirs["pixel"], pixel_name, steps, [*QUIET, *(TINY_SCORE if tiny else ())]),
-    }
+    train_run(dirs["ae"], ae_name, ae_steps, TINY_AE if tiny else ())
+    train_run(dirs["ldm"], ldm_name, steps, [f"data.autoencoder={dirs['ae']}", *QUIET, *(TINY_SCORE if tiny else ())])
+    train_run(dirs["pixel"], pixel_name, steps, [*QUIET, *(TINY_SCORE if tiny else ())])
     recon, _ = autoencoder.reconstruction_report(dirs["ae"])
     config = {k: experiment.load_config(dirs[k]) for k in ("ldm", "pixel")}
     held_out = np.concatenate(list(experiment.eval_images(config["pixel"], "test")))
     ref = feature_spaces.compute_stats(held_out, space)
-    train_images = np.concatenate(list(experiment.eval_images(config["pixel"], "train")))[: len(held_out)]
+    train_images = all_train[: len(held_out)]
     ae = autoencoder.load(dirs["ae"])
+    all_train = np.concatenate(list(experiment.eval_images(config["pixel"], "train")))
+    ae.encode(all_train)  # compiled for that shape
+    start = time.perf_counter()
+    ae.encode(all_train)
+    encode_s = time.perf_counter() - start  # what encoding the training data once costs
     floors = {"fd_reconstructions": fd(ae.decode(ae.encode(held_out)), ref, space),
               "fd_train_images": fd(train_images, ref, space)}
 
@@ -169,15 +199,14 @@ def measure(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: bo
             "config": config[k].name, "data_shape": list(experiment.data_shape(config[k])),
             "params": timers[k][1], "train_steps": steps, "batch_size": config[k].training.batch_size,
             "train_s_per_step": min(step_s[k]), "train_s_per_step_rounds": step_s[k],
-            "train_run_s": wall[k] + (wall["ae"] if k == "ldm" else 0.0),
             "sample_s": min(sample_s[k]), "sample_num": time_num, "sample_s_rounds": sample_s[k],
             metric: fd(samples[k], ref, space),
         }
-    rows["ldm"]["score_model_run_s"] = wall["ldm"]
+    rows["ldm"]["encode_s"] = encode_s
     return {
         "data": name, "metric": metric, "feature_space": space, "num_samples": num, "held_out": len(held_out),
         "sampler": f"{SAMPLER}, {NFE} steps", "autoencoder": {
-            "config": ae_name, "steps": ae_steps, "train_run_s": wall["ae"], "factor": recon["factor"],
+            "config": ae_name, "steps": ae_steps, "factor": recon["factor"],
             "latent_shape": recon["latent_shape"], "params": models.count_params(ae.params),
             **{k: recon[k] for k in ("mse", "psnr", "psnr_mean", "mae", "latent_std", "kl")}},
         "floors": floors, "latent": rows["ldm"], "pixel": rows["pixel"],
@@ -215,7 +244,7 @@ def write(results: list[dict], out: str, suffix: str, rounds: int, seconds: floa
                   "|---|---|---|---|---|---|---|---|---|"]
         for k in ("pixel", "latent"):
             x = r[k]
-            run = f"{x['train_run_s']:.0f}" + (f" ({x['score_model_run_s']:.0f} + AE)" if k == "latent" else "")
+            run = f"{x['train_run_s']:.0f}" + (f" ({x['score_model_run_s']:.0f} + AE + encoding)" if k == "latent" else "")
             lines.append(f"| {x['config']} | {'x'.join(map(str, x['data_shape']))} | {x['params']:,} | "
                          f"{x['train_steps']} | {x['batch_size']} | {x['train_s_per_step']:.4f} | {run} | "
                          f"{x['sample_s']:.2f} | {x[m]:.3g} |")
@@ -245,7 +274,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = tmp if args.tiny else args.runs
         num, time_num, rounds = (32, 8, 1) if args.tiny else (args.num, args.time_num, args.rounds)
-        results = [measured(name, runs, num, time_num, rounds, args.tiny) for name in names]
+        results = [add_run_times(measured(name, runs, num, time_num, rounds, args.tiny), runs) for name in names]
         prefix = write(results, args.out, "_tiny" if args.tiny else "", rounds, time.perf_counter() - start,
                        command.strip())
     print(open(prefix + ".md").read())
