@@ -169,7 +169,6 @@ def measure(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: bo
     config = {k: experiment.load_config(dirs[k]) for k in ("ldm", "pixel")}
     held_out = np.concatenate(list(experiment.eval_images(config["pixel"], "test")))
     ref = feature_spaces.compute_stats(held_out, space)
-    train_images = all_train[: len(held_out)]
     ae = autoencoder.load(dirs["ae"])
     all_train = np.concatenate(list(experiment.eval_images(config["pixel"], "train")))
     ae.encode(all_train)  # compiled for that shape
@@ -177,7 +176,7 @@ def measure(name: str, runs: str, num: int, time_num: int, rounds: int, tiny: bo
     ae.encode(all_train)
     encode_s = time.perf_counter() - start  # what encoding the training data once costs
     floors = {"fd_reconstructions": fd(ae.decode(ae.encode(held_out)), ref, space),
-              "fd_train_images": fd(train_images, ref, space)}
+              "fd_train_images": fd(all_train[: len(held_out)], ref, space)}
 
     def sample(k, n, seed):
         return experiment.sample_workdir(dirs[k], n, sampler=SAMPLER, options={"num_steps": NFE}, seed=seed)
