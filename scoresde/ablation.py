@@ -223,34 +223,39 @@ def toy_quality(name: str, num: int):
 
 
 def image_quality(config, num: int):
-    """(quality, metric, note) for model-space image samples of a config against its test
-    split: FD-digits in the bundled digits classifier's feature space for the digits, else
-    the sliced W2 distance in pixel space to `num` test images."""
+    """(quality, metric, note) for model-space image samples of a config (a latent model's are
+    decoded, `experiment.to_unit_range`) against its test split: FD-digits in the bundled
+    digits classifier's feature space for the digits, else FD-pixels8 (the Frechet distance of
+    images average-pooled to 8 x 8) and the sliced W2 distance in pixel space to `num` test
+    images."""
     from scoresde import experiment
     from scoresde.evaluation import feature_spaces
 
     held_out = np.concatenate(list(experiment.eval_images(config, "test", 256)))
-    if config.data.dataset == "digits":
-        space = "digits_classifier"
-        ref = feature_spaces.compute_stats(held_out, space)
-
-        def quality(x):
-            images = np.asarray(experiment.to_unit_range(x, config))
-            if not np.all(np.isfinite(images)):
-                return {"fd_digits": float("inf")}
-            return {"fd_digits": feature_spaces.fd_from_stats(feature_spaces.compute_stats(images, space), ref)["fd"]}
-
-        note = ("fd_digits: Frechet distance to the held-out test split in the bundled digits classifier's "
-                "64-d feature space (FD-digits; not an FID).")
-        return quality, "fd_digits", note
+    digits = config.data.dataset == "digits"
+    space = "digits_classifier" if digits else feature_spaces.PIXELS
+    metric = "fd_digits" if digits else "fd_pixels8"
+    ref_stats = feature_spaces.compute_stats(held_out, space)
     ref = held_out[:num]
 
     def quality(x):
-        images = np.asarray(experiment.to_unit_range(x, config))[: len(ref)]
-        return {"sw_pixels": sliced_wasserstein(jax.random.PRNGKey(0), images, ref[: len(images)])}
+        images = np.asarray(experiment.to_unit_range(x, config))
+        if not np.all(np.isfinite(images)):
+            return {metric: float("inf")} if digits else {metric: float("inf"), "sw_pixels": float("inf")}
+        row = {metric: feature_spaces.fd_from_stats(feature_spaces.compute_stats(images, space), ref_stats)["fd"]}
+        if not digits:
+            n = min(len(images), len(ref))
+            row["sw_pixels"] = sliced_wasserstein(jax.random.PRNGKey(0), images[:n], ref[:n])
+        return row
 
-    note = "sw_pixels: sliced W2 distance in pixel space to held-out test images (an interim, pixel-space metric)."
-    return quality, "sw_pixels", note
+    if digits:
+        note = ("fd_digits: Frechet distance to the held-out test split in the bundled digits classifier's "
+                "64-d feature space (FD-digits; not an FID).")
+    else:
+        note = ("fd_pixels8: Frechet distance to the held-out test split of the images average-pooled to 8 x 8 "
+                "(FD-pixels8; a low-frequency pixel statistic, not an FID); sw_pixels: sliced W2 distance in "
+                "pixel space to held-out test images.")
+    return quality, metric, note
 
 
 class Ablation(NamedTuple):

@@ -1,13 +1,15 @@
 """The `scoresde` command line: train, sample, likelihood, ablate, evaluate, fid-stats, configs.
 
     scoresde train --config digits_vp --workdir runs/digits [--config.training.n_iters=2000]
+    scoresde train --config digits_ae --workdir runs/digits_ae         # an autoencoder (latent diffusion)
+    scoresde train --config digits_ldm --workdir runs/ldm --config.data.autoencoder=runs/digits_ae
     scoresde sample --workdir runs/digits [--sampler pc --steps 500 --snr 0.16 --num 64]
     scoresde sample --workdir runs/digits --upsample low.png [--impute-method tmpd --sigma-y 0.02]
     scoresde sample --workdir runs/digits_sr --upsample low.png | --base-workdir runs/digits4
     scoresde sample --workdir runs/text --condition-file emb.npz --guidance 2
     scoresde likelihood --workdir runs/digits --split test [--passes 5]
     scoresde ablate --workdir runs/digits | --target 8gaussians [--samplers ... --nfes ...]
-    scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]
+    scoresde evaluate --workdir runs/digits [--num 2000 --sampler dpm_solver++]   # an autoencoder: reconstructions
     scoresde fid-stats --config vp/cifar10_ddpmpp_continuous --out stats.npz
     scoresde configs
 
@@ -113,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="scoresde", description="Score-based generative modelling with SDEs, on JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train (or resume) a score model")
+    p = sub.add_parser("train", help="train (or resume) a score model, a classifier or an autoencoder")
     p.add_argument("--config", help="config name (scoresde configs), or a .py file defining get_config(), which is "
                    "executed as Python: only trusted files (omit to resume a workdir)")
     p.add_argument("--workdir", required=True)
@@ -196,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=_comma_separated(float, "numbers >= 0"), default=None,
                    help="comma-separated classifier-free guidance weights w to sweep (conditional models)")
 
-    p = sub.add_parser("evaluate", help="FID/KID/IS (or FD-digits) of N samples; resumes")
+    p = sub.add_parser("evaluate", help="FID/KID/IS (or FD-digits) of N samples, resumes; an autoencoder's "
+                       "reconstruction error on the test split")
     p.add_argument("--workdir", required=True)
     p.add_argument("--num", type=_positive_int(), default=None, help="number of samples (default: eval.num_samples)")
     p.add_argument("--chunk", type=_positive_int(), default=None, help="samples per chunk (default: eval.batch_size)")

@@ -7,6 +7,9 @@ train, samplers, likelihood) take explicit arguments, and this module reads the
 A workdir holds `config.json` (the resolved config the run was started with),
 `checkpoints/` and `checkpoints-meta/`, `metrics.jsonl`, `tensorboard/`, `samples/`.
 
+A latent config (`data.autoencoder`, `scoresde.latent`) trains on an autoencoder's latents:
+`data_shape` is the latent shape and `to_unit_range`, where samples become images, decodes.
+
 What the `scoresde` commands do is here as one call each, with explicit arguments:
 `train_workdir`, `sample_workdir` (conditioning, guidance, inpainting, colorization, super-resolution;
 conditional super-resolution models and cascades through `upsample_workdir`) with `save_samples`, `likelihood_report`; `ablation.ablate_workdir` / `ablate_target`
@@ -38,8 +41,11 @@ from scoresde.workdir import config_path, load_config, save_config
 # ----------------------------------------------------------------------------- config -> objects
 
 
-def sde_from_config(config) -> sde_lib.SDE:
-    """training.sde with the model's noise parameters and N = model.num_scales."""
+def sde_from_config(config) -> sde_lib.SDE | None:
+    """training.sde with the model's noise parameters and N = model.num_scales (None for an
+    autoencoder, which has no SDE)."""
+    if config.training.get("objective", "score") == "autoencoder":
+        return None
     name, m = config.training.sde.lower(), config.model
     try:  # the SDEs check their parameters (beta_min < beta_max, N >= 1, ...)
         if name in ("vpsde", "subvpsde"):
@@ -85,7 +91,7 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, *, un
             centered=d.get("centered", False) and not unit_range,
             random_flip=d.get("random_flip") if split == "train" and not unit_range else False,
             uniform_dequantization=d.get("uniform_dequantization", False) and not unit_range,
-            num_channels=d.get("num_channels") if is_image_data(config) else None,  # image folders convert
+            num_channels=None if d.get("dim") else d.get("num_channels"),  # image folders convert
             seed=config.seed,
             **kwargs,
         )
@@ -99,10 +105,15 @@ def dataset_from_config(config, split: str, batch_size: int | None = None, *, un
 
 
 def data_shape(config) -> tuple[int, ...]:
-    """The shape of one example: (image_size, image_size, num_channels), or (dim,) for 2-D toys."""
+    """The shape of one example the model sees: (image_size, image_size, num_channels), (dim,)
+    for 2-D toys, or a latent model's latent shape (`latent.latent_shape`)."""
+    from scoresde import latent
+
     d = config.data
     if "dim" in d and d.dim:
         return (d.dim,)
+    if latent.is_latent(config):
+        return latent.latent_shape(config)
     return (d.image_size, d.image_size, d.num_channels)
 
 
@@ -335,7 +346,7 @@ def conditioned_score(config, sde, score, num: int, *, labels=None, text: str | 
         if kind != "none":
             raise UserError("--classifier guides an unconditional model; this one is conditional "
                             "(use --guidance for classifier-free guidance).")
-        cconfig, log_prob_fn, _ = load_classifier(classifier, sde=sde)
+        cconfig, log_prob_fn, _ = load_classifier(classifier, sde=sde, model_config=config)
         labels = class_labels(cconfig.model.num_classes, num, labels)
         return guide.classifier_guidance(score, log_prob_fn, labels, classifier_scale), labels
     if kind == "none":
@@ -378,7 +389,13 @@ def train_kwargs(config) -> dict:
     condition = (lambda batch: batch[data.TEXT_EMBEDDING]) if kind == "text_embedding" else (
         None if table is None else (lambda batch: table[batch["label"]]))
     objective = t.get("objective", "score")
-    loss_kwargs = dict(continuous=t.continuous)
+    if (objective == "autoencoder") != (config.model.name == "autoencoder"):
+        raise UserError("training.objective='autoencoder' and model.name='autoencoder' go together "
+                        f"(got {objective!r} and {config.model.name!r}).")
+    if objective == "autoencoder":  # no SDE: no time labels
+        loss_kwargs = dict(kl_weight=t.kl_weight, reconstruction=t.reconstruction)
+    else:
+        loss_kwargs = dict(continuous=t.continuous)
     if objective == "score":
         loss_kwargs.update(
             reduce_mean=t.reduce_mean,
@@ -430,7 +447,7 @@ def abstract_train_state(config, sde=None, model=None, kwargs=None):
     shapes = jax.eval_shape(
         lambda: train.init_train_state(
             model, sde, jax.random.PRNGKey(kwargs["seed"]), data_shape(config), kwargs["optimizer"],
-            kwargs["loss_kwargs"]["continuous"],
+            kwargs["loss_kwargs"].get("continuous", True),
         )
     )
     replicated = parallel.replicated()
@@ -502,8 +519,12 @@ def load_score_fn(workdir: str, step: int | None = None, *, low_res_ok: bool = F
     `low_res_ok`: what samples or evaluates a model without a condition cannot use it.
     """
     config = load_config(workdir)
-    if config.training.get("objective", "score") != "score":
-        raise UserError(f"{workdir!r} holds a {config.training.objective}, not a score model.")
+    objective = config.training.get("objective", "score")
+    if objective == "autoencoder":
+        raise UserError(f"{workdir!r} holds an autoencoder, not a score model: train one on its latents with "
+                        f"--config.data.autoencoder={workdir} (e.g. --config digits_ldm).")
+    if objective != "score":
+        raise UserError(f"{workdir!r} holds a {objective}, not a score model.")
     if not low_res_ok and low_res_from_config(config) is not None:
         raise UserError(f"{workdir!r} holds a super-resolution model (training.condition='low_res'), which samples "
                         "given low-resolution images: scoresde sample --workdir <it> --upsample LOW_PNG, or "
@@ -522,16 +543,31 @@ def network_score(config, sde, model, params) -> models.NetworkScore:
 
 
 def to_unit_range(x, config):
-    """Model-space samples to [0, 1] images (clipped), or unchanged 2-D points."""
+    """Model-space samples to [0, 1] images (clipped), or unchanged 2-D points; a latent
+    model's samples are decoded to images (`latent.to_images`)."""
+    from scoresde import latent
+
+    if latent.is_latent(config):
+        return latent.to_images(x, config)
     if not is_image_data(config):
         return x
     x = (x + 1.0) / 2.0 if config.data.get("centered", False) else x
     return jnp.clip(x, 0.0, 1.0)
 
 
-def load_classifier(workdir: str, step: int | None = None, sde: sde_lib.SDE | None = None):
+def latent_space(config) -> str:
+    """Where a model works: "" (pixels), or "latents of <autoencoder workdir> at step <S>"."""
+    from scoresde import latent
+
+    if not latent.is_latent(config):
+        return ""
+    return f"latents of {os.path.abspath(latent.autoencoder_workdir(config))} at step {config.data.autoencoder_step}"
+
+
+def load_classifier(workdir: str, step: int | None = None, sde: sde_lib.SDE | None = None, model_config=None):
     """(config, log_prob_fn, step) for the EMA noise-conditional classifier of a workdir,
-    `log_prob_fn(x, t) -> (B, num_classes)`; with `sde`, check it was trained for that SDE."""
+    `log_prob_fn(x, t) -> (B, num_classes)`; with `sde` (and `model_config`), check it was
+    trained for that SDE (and on the same data space: pixels or the same latents)."""
     from scoresde.models.classifier import get_classifier_log_prob_fn
 
     config = load_config(workdir)
@@ -540,6 +576,10 @@ def load_classifier(workdir: str, step: int | None = None, sde: sde_lib.SDE | No
     if sde is not None and sde_from_config(config) != sde:
         raise UserError(f"The classifier in {workdir!r} was trained for another SDE ({config.training.sde}, "
                         f"{sde_from_config(config)}) than the model's ({sde}).")
+    if model_config is not None and latent_space(config) != latent_space(model_config):
+        raise UserError(f"The classifier in {workdir!r} reads {latent_space(config) or 'pixels'}, the model "
+                        f"{latent_space(model_config) or 'pixels'}: train the classifier on the model's data "
+                        "(the same data.autoencoder).")
     sde, model = sde_from_config(config), model_from_config(config)
     params, step = load_ema_params(workdir, config, step)
     return config, get_classifier_log_prob_fn(sde, model, params, continuous=config.training.continuous), step
@@ -576,6 +616,9 @@ def get_config(config, overrides=()) -> ml_collections.ConfigDict:
 FIXED_ON_RESUME = ("model.", "data.", "training.sde", "training.continuous", "training.objective",
                    "training.condition")
 FREE_ON_RESUME = ("model.remat", "model.compute_dtype", "model.ema_rate")
+# data settings a latent run resolves and records in config.json when it starts (`latent`), and
+# their unresolved values in a config.
+RECORDED_AT_START = {"autoencoder_step": -1, "latent_scale": 0.0}
 
 
 def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collections.ConfigDict, bool]:
@@ -593,7 +636,11 @@ def train_config(workdir: str, config=None, overrides=()) -> tuple[ml_collection
         if config is not None:
             given = _as_config(config)
             for section in ("model", "data"):
-                if given[section].to_json() != saved[section].to_json():
+                ours, theirs = json.loads(given[section].to_json()), json.loads(saved[section].to_json())
+                for key, unset in RECORDED_AT_START.items():  # what the run recorded, not a difference
+                    if section == "data" and ours.get(key) == unset and key in theirs:
+                        ours[key] = theirs[key]
+                if ours != theirs:
                     name = config if isinstance(config, str) else config.get("name", "the given config")
                     raise UserError(
                         f"{workdir!r} holds a run of another config ({section} settings differ from "
@@ -726,26 +773,37 @@ def check_text_embeddings(config, train_iter):
 def train_workdir(workdir: str, config=None, overrides=(), verbose: bool = True):
     """Train (or resume) the run in `workdir`: `train_config` picks the config, every
     setting is checked before config.json is written, then `train.train` runs with
-    TensorBoard scalars and sample snapshots (`snapshot_hook`).
+    TensorBoard scalars and sample snapshots (`snapshot_hook`; an autoencoder's:
+    reconstruction reports, `autoencoder.snapshot_hook`). A latent config (data.autoencoder)
+    trains on the autoencoder's latents, encoded once and cached (`latent.prepare`).
 
     Returns (state, stopped): the final `train.TrainState`, and whether training stopped on
     request (SIGINT / SIGTERM, with a checkpoint) before its last step. A non-finite loss is
     a UserError (the checkpoints before it stay).
     """
-    from scoresde import checkpoints, reporting, train
+    from scoresde import autoencoder, checkpoints, latent, reporting, train
 
     config, resumed = train_config(workdir, config, overrides)
+    if latent.is_latent(config):
+        config = latent.resolve_step(config)  # the autoencoder's checkpoint, recorded in config.json
     sde, model = sde_from_config(config), model_from_config(config)
     kwargs = train_kwargs(config)  # checks the conditioning settings and the schedule
     check_train_kwargs(config, sde, model, kwargs)  # what train.train would reject
-    train_iter = dataset_from_config(config, "train")
-    found = tuple(getattr(train_iter, "element_shape", None) or data_shape(config))
-    if found != tuple(data_shape(config)):
-        raise UserError(f"The data {config.data.dataset!r} has examples of shape {found}, the model expects "
-                        f"{data_shape(config)} (data.image_size, data.num_channels); nothing was written.")
-    check_text_embeddings(config, train_iter)
+    if latent.is_latent(config):
+        if condition_kind(config) in ("text_embedding", "low_res"):
+            raise UserError(f"training.condition={condition_kind(config)!r} reads the pixel data set; a latent model "
+                            "(data.autoencoder) takes class labels, spelling or no condition.")
+    else:
+        train_iter = dataset_from_config(config, "train")
+        found = tuple(getattr(train_iter, "element_shape", None) or data_shape(config))
+        if found != tuple(data_shape(config)):
+            raise UserError(f"The data {config.data.dataset!r} has examples of shape {found}, the model expects "
+                            f"{data_shape(config)} (data.image_size, data.num_channels); nothing was written.")
+        check_text_embeddings(config, train_iter)
     is_main = jax.process_index() == 0
     with workdir_lib.Lock(workdir, "train", enabled=is_main):
+        if latent.is_latent(config):  # encoded once (cached in the workdir); the scale, recorded
+            config, train_iter = latent.prepare(workdir, config, verbose)
         # Only a config known to be valid is written (a mistake leaves no config.json behind).
         previous = load_config(workdir) if resumed else None
         changed = workdir_lib.changes(previous, config) if resumed else {}
@@ -761,7 +819,8 @@ def train_workdir(workdir: str, config=None, overrides=(), verbose: bool = True)
             state = train.train(
                 model, sde, train_iter, workdir, example_shape=data_shape(config),
                 on_start=None if tb is None else tb.start, on_log=None if tb is None else tb.scalars,
-                on_snapshot=snapshot_hook(config, sde, model, workdir, tb, verbose),
+                on_snapshot=(autoencoder.snapshot_hook(config, model, workdir, tb, verbose)
+                             if autoencoder.is_autoencoder(config) else snapshot_hook(config, sde, model, workdir, tb, verbose)),
                 progress=verbose, **kwargs,
             )
         except checkpoints.UnreadableCheckpoints as err:
@@ -858,6 +917,9 @@ def impute(key, config, sde, score, num: int, image, *, mask=None, colorize: boo
     if not is_image_data(config):
         raise UserError("Inpainting, colorization and super-resolution need an image model; this config has 2-D "
                         "points.")
+    if latent_space(config):
+        raise UserError("Inpainting, colorization and super-resolution act on pixels; this model samples an "
+                        "autoencoder's latents (data.autoencoder). Use a pixel-space model.")
     centered = config.data.get("centered", False)
     to_model = data.get_data_scaler(centered)
     options = options or {}
@@ -1098,6 +1160,9 @@ def likelihood_report(
     the split, step and every setting, and the path written."""
     from scoresde import likelihood, reporting
 
+    if latent_space(load_config(workdir)):
+        raise UserError("likelihood reports bits/dim of pixels; this model's density is over an autoencoder's "
+                        "latents (data.autoencoder), which has no pixel likelihood here.")
     config, sde, score, step = load_score_fn(workdir)
     if not is_image_data(config):
         raise UserError("likelihood reports bits/dim of discrete image data; this config has 2-D points.")

@@ -44,6 +44,7 @@ and the truth, every objective is w(t) c(t)^2 ||eps_hat - z||^2 for a known c(t)
 differ only in where t is drawn and how the noise levels are weighted.
 - `get_classifier_loss_fn`: cross-entropy of a noise-conditional classifier on
   x(t) = s(t) x + sigma(t) z, t ~ U(eps, T), for classifier guidance.
+- `get_autoencoder_loss_fn`: reconstruction + KL of latent diffusion's autoencoder.
 
 Conditional models: `condition(batch) -> y` reads the condition (class labels `(B,)`,
 tokens `(B, L)` or embeddings `(B, L, E)`, e.g. `batch["text_embedding"]`) from a batch, and each example's condition is replaced by the null
@@ -445,5 +446,47 @@ def get_classifier_loss_fn(sde: sde_lib.SDE, classifier: nn.Module, train: bool,
         labels = noise_labels(sde, t, continuous)
         logits = classifier.apply({"params": params}, mean + batch_broadcast(std, data) * z, labels, train=train, rngs=rngs)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- autoencoder
+
+RECONSTRUCTION_LOSSES = ("l1", "l2")
+
+
+def diagonal_gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, diag exp(logvar)) || N(0, I)) per example, `(B, ...) -> (B,)`:
+    0.5 sum(mean^2 + exp(logvar) - 1 - logvar) over the non-batch dimensions."""
+    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return jnp.sum(jnp.reshape(kl, (kl.shape[0], -1)), axis=-1)
+
+
+def get_autoencoder_loss_fn(autoencoder: nn.Module, train: bool = True, kl_weight: float = 1e-6,
+                            reconstruction: str = "l1") -> LossFn:
+    """The loss of a KL autoencoder (`models.autoencoder`), LDM's without its perceptual and
+    adversarial terms:
+
+        loss = mean over the batch of (sum_pixels rec(x, x_hat) + kl_weight KL(q(z | x) || N(0, I))) / D
+
+    rec = |x - x_hat| ("l1", LDM's) or (x - x_hat)^2 ("l2"); D the pixels per example (so the
+    loss is per pixel, with LDM's relative weight of the two sums); x_hat = decode(z) with
+    z = mean + exp(logvar / 2) eps drawn from q(z | x) in training (train=True, from `key`),
+    z = mean otherwise. The batch is the images (or a dict with "image").
+    """
+    if reconstruction not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"Unknown reconstruction loss {reconstruction!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}.")
+    if not (math.isfinite(kl_weight) and kl_weight >= 0):
+        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}.")
+    rec = jnp.abs if reconstruction == "l1" else jnp.square
+
+    def loss_fn(params, key, batch):
+        x = batch_images(batch)
+        mean, logvar = autoencoder.apply({"params": params}, x, method="encode")
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype) if train else mean
+        x_hat = autoencoder.apply({"params": params}, z, method="decode")
+        per_example = jnp.sum(jnp.reshape(rec(x - x_hat), (x.shape[0], -1)), -1) + kl_weight * diagonal_gaussian_kl(
+            mean, logvar)
+        return jnp.mean(per_example) / math.prod(x.shape[1:])
 
     return loss_fn

@@ -122,18 +122,19 @@ def default_ema_rate(sde: sde_lib.SDE) -> float:
 # ----------------------------------------------------------------------------- state
 
 
-def init_params(model: nn.Module, sde: sde_lib.SDE, key, example_shape, continuous: bool = True):
-    """Initialize the network's parameters on a batch of one zero example `example_shape`."""
+def init_params(model: nn.Module, sde: sde_lib.SDE | None, key, example_shape, continuous: bool = True):
+    """Initialize the network's parameters on a batch of one zero example `example_shape`
+    (and its noise labels at t = T/2; sde None: a network without them, the autoencoder)."""
     x = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
-    labels = noise_labels(sde, jnp.full((1,), 0.5 * sde.T, jnp.float32), continuous)
+    args = (x,) if sde is None else (x, noise_labels(sde, jnp.full((1,), 0.5 * sde.T, jnp.float32), continuous))
     k_params, k_dropout = jax.random.split(key)
-    variables = model.init({"params": k_params, "dropout": k_dropout}, x, labels, train=False)
+    variables = model.init({"params": k_params, "dropout": k_dropout}, *args, train=False)
     return variables["params"]
 
 
 def init_train_state(
     model: nn.Module,
-    sde: sde_lib.SDE,
+    sde: sde_lib.SDE | None,
     key: jax.Array,
     example_shape,
     optimizer: optax.GradientTransformation,
@@ -618,13 +619,18 @@ def _next_eval(data):
 
 # ----------------------------------------------------------------------------- train
 
-OBJECTIVES = {"score": losses_lib.get_loss_fn, "classifier": losses_lib.get_classifier_loss_fn}
+OBJECTIVES = {
+    "score": losses_lib.get_loss_fn,
+    "classifier": losses_lib.get_classifier_loss_fn,
+    "autoencoder": lambda sde, model, train, **kwargs: losses_lib.get_autoencoder_loss_fn(model, train, **kwargs),
+}
 
 
-def objective_loss_fn(sde: sde_lib.SDE, model: nn.Module, objective: str, train: bool, **loss_kwargs):
+def objective_loss_fn(sde: sde_lib.SDE | None, model: nn.Module, objective: str, train: bool, **loss_kwargs):
     """The loss of a training objective: "score" (a score model, `losses.get_loss_fn`: denoising
-    score matching or the objective its `loss` names) or "classifier" (a noise-conditional classifier for guidance,
-    `losses.get_classifier_loss_fn`); `loss_kwargs` are that function's."""
+    score matching or the objective its `loss` names), "classifier" (a noise-conditional classifier for guidance,
+    `losses.get_classifier_loss_fn`) or "autoencoder" (latent diffusion's autoencoder, no SDE:
+    `losses.get_autoencoder_loss_fn`); `loss_kwargs` are that function's."""
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown training objective {objective!r}; valid: {', '.join(OBJECTIVES)}.")
     return OBJECTIVES[objective](sde, model, train=train, **loss_kwargs)
@@ -632,7 +638,7 @@ def objective_loss_fn(sde: sde_lib.SDE, model: nn.Module, objective: str, train:
 
 def train(
     model: nn.Module,
-    sde: sde_lib.SDE,
+    sde: sde_lib.SDE | None,
     train_iter: Iterator,
     workdir: str,
     *,
@@ -654,10 +660,10 @@ def train(
     progress: bool = True,
     handle_signals: bool = True,
 ) -> TrainState:
-    """Train a score model (or a classifier); resume from `workdir` if it holds checkpoints.
+    """Train a score model (or a classifier, or an autoencoder); resume from `workdir` if it holds checkpoints.
 
     Args:
-      model, sde: the network (Flax linen) and the forward SDE.
+      model, sde: the network (Flax linen) and the forward SDE (None for the autoencoder).
       train_iter: this process's batches (`data.get_dataset`): arrays `(B_local, ...)` or
         dicts with "image" (and "label", and what the loss's condition reads, such as
         "text_embedding"); with `get_state`/`set_state` its position is checkpointed and

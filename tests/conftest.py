@@ -67,6 +67,20 @@ SLOW = (
     "tests/test_adaptive_sde.py::test_default_tolerance_matches_target[ve]",
     "tests/test_inverse.py::test_blur_tmpd_and_noisy_replacement_run",
     "tests/test_cli_conditional.py::test_inpaint_writes_before_after_grid",
+    "tests/test_latent.py::test_cli_autoencoder_then_latent_model",
+    "tests/test_text_condition.py::test_cli_text_conditioned_digits_are_recognised",
+    "tests/test_imputation.py::test_replacement_follows_its_own_law[vp-euler_maruyama]",
+    "tests/test_imputation.py::test_replacement_is_biased[ve-reverse_diffusion]",
+    "tests/test_guidance.py::test_classifier_free_w0_samples_conditional[vp-euler_maruyama-options0]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[2-cosine-reverse_diffusion-langevin]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[2-subvp-reverse_diffusion-langevin]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[2-ve-ancestral_sampling-ald]",
+    "tests/test_samplers.py::test_fixed_step_orders_of_convergence",
+    "tests/test_cli_conditional.py::test_ablate_guidance_sweep_compiles_the_sampler_once",
+    "tests/test_cli_conditional.py::test_upsample_writes_before_after_grid",
+    "tests/test_score_model.py::test_samples_and_likelihoods_are_bit_for_bit_the_reference_formula[ode]",
+    "tests/test_memory_options.py::test_accumulation_is_the_plain_step",
+    "tests/test_cli.py::test_evaluate_cache_is_keyed_by_its_settings",
 )
 
 
@@ -281,3 +295,28 @@ def random_params(shapes, seed=0, vector_std=0.0, fourier_std=16.0):
         return jnp.asarray(std * rng.normal(size=leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+# ---------------------------------------------------------------------------------------
+# Latent diffusion (tests/test_latent.py, tests/test_configs.py).
+
+# Tiny autoencoders: digits 8x8x1 -> 4x4x2, photos 32x32x3 -> 8x8x4.
+TINY_AE = {"digits_ae": ["model.nf=8", "model.ch_mult=(1, 2)", "model.num_res_blocks=0", "model.latent_channels=2"],
+           "photos_ae": ["model.nf=8", "model.ch_mult=(1, 2, 2)", "model.num_res_blocks=0"]}
+
+
+def make_autoencoder(path, name="digits_ae", seed=0, step=1):
+    """An autoencoder workdir (config `name` with `TINY_AE`) holding one checkpoint at `step`
+    of freshly initialized parameters (`seed`): no training needed to test what reads it.
+    Returns (model, params)."""
+    from scoresde import checkpoints, experiment, train
+    from scoresde.workdir import save_config
+
+    config = experiment.get_config(name, TINY_AE[name] + [f"seed={seed}"])
+    model = experiment.model_from_config(config)
+    state = train.init_train_state(model, None, jax.random.PRNGKey(seed), experiment.data_shape(config),
+                                   experiment.train_kwargs(config)["optimizer"])
+    save_config(str(path), config)
+    with checkpoints.CheckpointManager(str(path), async_save=False) as manager:
+        manager.save(step, state)
+    return model, state.ema_params

@@ -11,6 +11,8 @@ import pytest
 from scoresde import configs, experiment
 from scoresde.analytic import TOY_TARGETS
 
+from conftest import make_autoencoder
+
 ALL = configs.list_configs()
 IMAGE = [n for n in ALL if not n.startswith("toy_")]
 CONDITIONAL = ["digits_vp_class", "digits_vp_spelling", "digits_vp_text", "digits_vp_classifier", "digits_ve_classifier",
@@ -20,7 +22,11 @@ OBJECTIVE = {"digits_edm": ("edm", "edm", "edm"), "digits_fm": ("rectified_flow"
              "digits_v": ("vpsde", "v", "v")}
 TOYS = [f"toy_{t}" for t in ("8gaussians", "moons", "checkerboard", "swissroll", "grid")]
 SUPER_RESOLUTION = ["digits_sr", "photos_vp", "photos_sr"]
-CPU = ["digits_vp", "digits_ve", "digits_dit"] + CONDITIONAL + list(OBJECTIVE) + SUPER_RESOLUTION + TOYS
+# Latent diffusion: autoencoders, and score models on their latents (data.autoencoder), and the pixel baseline.
+AUTOENCODERS = ["digits_ae", "photos_ae"]
+LATENT = {"digits_ldm": "runs/digits_ae", "photos_ldm": "runs/photos_ae"}
+CPU = (["digits_vp", "digits_ve", "digits_dit", "photos32_vp"] + CONDITIONAL + list(OBJECTIVE) + SUPER_RESOLUTION + TOYS
+       + AUTOENCODERS + list(LATENT))
 
 REFERENCE_NAMES = {
     "vp/cifar10_ddpmpp", "vp/cifar10_ddpmpp_continuous", "vp/cifar10_ddpmpp_deep_continuous",
@@ -49,9 +55,13 @@ def test_every_config_loads_locked_and_valid(name):
     with pytest.raises(AttributeError):
         config.training.batchsize = 1  # locked: a typo cannot add a key
     configs.validate(config)
+    if name in AUTOENCODERS:
+        return check_autoencoder_config(config)
     # The toolkit's fields, in every config.
     assert config.model.name in ("ncsnpp", "ddpm", "dit", "mlp", "classifier")
     assert (config.model.name == "classifier") == (config.training.objective == "classifier")
+    assert config.data.autoencoder == LATENT.get(name, "") and config.data.autoencoder_step == -1
+    assert config.data.latent_scale == 0.0
     sde, loss, parameterization = OBJECTIVE.get(name, (config.training.sde, "dsm", None))
     assert (config.training.sde, config.training.loss, config.model.parameterization) == (sde, loss, parameterization)
     assert config.training.sde in ("vpsde", "subvpsde", "vesde") or name in OBJECTIVE
@@ -66,6 +76,10 @@ def test_every_config_loads_locked_and_valid(name):
     kwargs = experiment.train_kwargs(config)
     assert kwargs["ema_rate"] == config.model.ema_rate and kwargs["schedule"].n_iters == config.training.n_iters
     assert float(kwargs["lr_schedule"](config.optim.warmup)) == pytest.approx(config.optim.lr, rel=1e-6)  # warmed up
+    if name in LATENT:  # the latent shape is the autoencoder's: a clear error until it is trained
+        with pytest.raises(experiment.UserError, match=f"data.autoencoder='{LATENT[name]}'"):
+            experiment.data_shape(config)
+        return
     shape = experiment.data_shape(config)
     if name.startswith("toy_"):
         assert shape == (2,)
@@ -74,6 +88,20 @@ def test_every_config_loads_locked_and_valid(name):
         assert config.data.num_bins == (17 if name.startswith("digits") else 256)
     # JSON round trip (what a workdir keeps).
     assert json.loads(config.to_json())["model"]["name"] == config.model.name
+
+
+def check_autoencoder_config(config):
+    """An autoencoder config: no SDE, its own loss settings, no latent settings of its own."""
+    assert (config.model.name, config.training.objective) == ("autoencoder", "autoencoder")
+    assert experiment.sde_from_config(config) is None and "autoencoder" not in config.data
+    model = experiment.model_from_config(config)
+    assert type(model).__name__ == "Autoencoder" and model.num_channels == config.data.num_channels
+    kwargs = experiment.train_kwargs(config)
+    assert kwargs["loss_kwargs"] == {"kl_weight": config.training.kl_weight, "reconstruction": "l1"}
+    assert experiment.data_shape(config) == (config.data.image_size,) * 2 + (config.data.num_channels,)
+    size = config.data.image_size // model.factor
+    assert {"digits_ae": (size, model.latent_channels) == (4, 2),
+            "photos_ae": (size, model.latent_channels) == (8, 4)}[config.name]
 
 
 def test_configs_are_fresh_copies():
@@ -501,13 +529,13 @@ def test_every_config_key_has_a_reader(record_reads, monkeypatch, tmp_path):
 
     import numpy as np
 
-    from scoresde import data, evaluation, likelihood, train
+    from scoresde import autoencoder, data, evaluation, likelihood, train
     from scoresde.evaluation import feature_spaces
     from scoresde.models.registry import model_fields
     from scoresde.samplers import registry
 
-    def get_dataset(name, split, batch_size, image_size=None, **kwargs):
-        shape = (batch_size, image_size, image_size, 1) if image_size else (batch_size, 2)
+    def get_dataset(name, split, batch_size, image_size=None, num_channels=None, **kwargs):
+        shape = (batch_size, image_size, image_size, num_channels or 1) if image_size else (batch_size, 2)
         return iter([{"image": np.zeros(shape, np.float32), "label": np.zeros(batch_size, np.int32)}])
 
     monkeypatch.setattr(data, "get_dataset", get_dataset)
@@ -517,20 +545,29 @@ def test_every_config_key_has_a_reader(record_reads, monkeypatch, tmp_path):
     monkeypatch.setattr(feature_spaces, "evaluate", lambda *args, **kwargs: {})
     present, read = set(), set()
     for name in ALL:
-        config = record_reads(configs.get_config(name))
+        config = configs.get_config(name)
+        if name in LATENT:  # a latent config reads its autoencoder: a tiny, freshly initialized one
+            config.data.autoencoder = str(tmp_path / f"{name}_ae")
+            make_autoencoder(config.data.autoencoder, name.replace("_ldm", "_ae"))
+        config = record_reads(config)
         record_reads.reads.clear()
         sde, model = experiment.sde_from_config(config), experiment.model_from_config(config)
         experiment.train_kwargs(config)
         experiment.dataset_from_config(config, "train")
-        experiment.sampler_from_config(config)
-        experiment.snapshot_hook(config, sde, model, str(tmp_path))
-        if name in ("digits_vp", "toy_8gaussians"):  # what the commands read besides (the same keys for all)
+        if name in AUTOENCODERS:
+            autoencoder.snapshot_hook(config, model, str(tmp_path))
+        else:
+            experiment.sampler_from_config(config)
+            experiment.snapshot_hook(config, sde, model, str(tmp_path))
+        if name in ("digits_vp", "toy_8gaussians", "digits_ae", "digits_ldm"):  # what the commands read besides
             workdir = str(tmp_path / name)
             experiment.train_workdir(workdir, config)  # reads config.name for its first line
+        if name in ("digits_vp", "toy_8gaussians", "digits_ldm"):
             monkeypatch.setattr(experiment, "load_score_fn", lambda workdir, step=None: (config, sde, None, 0))
             experiment.sample_workdir(workdir, 2)
             if experiment.is_image_data(config):
-                experiment.likelihood_report(workdir)
+                if name not in LATENT:  # no pixel likelihood of latents
+                    experiment.likelihood_report(workdir)
                 evaluation.evaluate_workdir(workdir, progress=False)
         network = set(model_fields(config.model.name))  # model_kwargs passes these to the network
         read |= record_reads.reads | {f"{s}.{k}" for s in ("model", "data") for k in network}

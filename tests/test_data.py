@@ -41,6 +41,30 @@ def test_digits_split_is_fixed_and_disjoint():
     np.testing.assert_array_equal(labels, ref.target)
 
 
+# ----------------------------------------------------------------------------- photos
+
+
+def test_photos_at_full_resolution_are_the_same_crops():
+    """photos at image_size 32 are the 16 x 16 crops' windows in the full-resolution photos:
+    the same counts and labels, their 2x2 block means the 16 x 16 crops (up to the halved
+    photos' uint8 rounding), and no test crop among the training crops."""
+    small, full = data.photos_split(16), data.photos_split(32)
+    for a, b in zip(small[1::2], full[1::2]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(small[0::2], full[0::2]):
+        assert b.shape == (len(a), 32, 32, 3)
+        means = b.reshape(len(b), 16, 2, 16, 2, 3).mean(axis=(2, 4))
+        assert np.abs(means - a).max() <= 1 / 255 + 1e-6
+    train_keys = {c.tobytes() for c in full[0]}
+    assert not any(c.tobytes() in train_keys for c in full[2])
+    batch = next(data.get_dataset("photos", "test", 16, image_size=32))
+    assert batch["image"].shape == (16, 32, 32, 3)
+    with pytest.raises(ValueError, match="image_size"):
+        data.photos_split(8)
+    with pytest.raises(ValueError, match="image_size"):
+        data.get_dataset("photos", "train", 16, image_size=12)
+
+
 @pytest.mark.parametrize("centered", [False, True])
 def test_digits_batches_scaling_and_epochs(centered):
     it = data.get_dataset("digits", "train", batch_size=100, centered=centered)

@@ -324,3 +324,24 @@ def test_digits_feature_space():
     centered = ev.evaluate(2 * x_te - 1, ref, "digits_classifier", centered=True)
     np.testing.assert_allclose(centered["fd"], real["fd"], rtol=1e-4)
     assert centered["kid"] is None
+
+
+# ------------------------------------------------------------------ pooled-pixel feature space
+
+
+def test_pixels_feature_space():
+    from scoresde.evaluation import feature_spaces
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
+    feats = feature_spaces.pooled_pixels(images)
+    # Each feature is the mean of a 2x2 block (row-major 8x8 positions, channels last).
+    assert feats.shape == (3, 8 * 8 * 3)
+    np.testing.assert_allclose(feats[1, (2 * 8 + 5) * 3 + 2], images[1, 4:6, 10:12, 2].mean(), rtol=1e-6)
+    np.testing.assert_allclose(feature_spaces.pooled_pixels(images[:, :8, :8]), images[:, :8, :8].reshape(3, -1))
+    # Frechet distances: identical sets 0, a brightness shift d^2 per feature; no logits, no IS.
+    x = rng.uniform(0.2, 0.8, size=(500, 8, 8, 1)).astype(np.float32)
+    same = ev.evaluate(x, x, feature_spaces.PIXELS, kid_subsets=5, kid_subset_size=100)
+    assert same["metric"] == "FD-pixels8" and abs(same["fd"]) < 1e-6 and same["is"] is None
+    shifted = ev.evaluate(x + 0.1, x, feature_spaces.PIXELS, kid_subsets=5, kid_subset_size=100)
+    assert shifted["fd"] == pytest.approx(64 * 0.01, rel=1e-4)

@@ -74,7 +74,14 @@ LOSS_DEFAULTS = {
     "training.p_std": 1.2,
     "model.sigma_data": 0.5,
 }
-OBJECTIVES = ("score", "classifier")
+# Latent diffusion settings every score or classifier config gets (`scoresde.latent`): with
+# data.autoencoder set, the model is trained on that autoencoder's latents of the data.
+LATENT_DEFAULTS = {
+    "data.autoencoder": "",  # the workdir of a trained autoencoder (training.objective='autoencoder'); "" = pixels
+    "data.autoencoder_step": -1,  # its checkpoint; -1: its newest when the run starts (then recorded)
+    "data.latent_scale": 0.0,  # latents are multiplied by it; 0: 1 / std of the encoded data (then recorded)
+}
+OBJECTIVES = ("score", "classifier", "autoencoder")
 CONDITIONS = ("none", "class", "spelling", "text_embedding", "low_res")
 OPTIMIZERS = ("Adam",)  # optim.optimizer: the reference's only choice (`experiment.train_kwargs`)
 # config.model keys of the default_*_configs files, shared by configs whose networks may not
@@ -193,7 +200,11 @@ def get_config(name_or_path: str, lock: bool = True) -> ml_collections.ConfigDic
         raise ValueError(f"get_config() of {name_or_path!r} returned a {type(config).__name__}, not a ConfigDict.")
     if "name" not in config:
         config.name = name
-    for path, value in {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS, **LOSS_DEFAULTS}.items():
+    if config.get("training", {}).get("objective") == "autoencoder":  # no SDE, no condition; reads pixels
+        defaults = dict(MEMORY_DEFAULTS)
+    else:
+        defaults = {**CONDITIONING_DEFAULTS, **MEMORY_DEFAULTS, **LOSS_DEFAULTS, **LATENT_DEFAULTS}
+    for path, value in defaults.items():
         section, key = path.split(".")
         if section in config and key not in config[section]:
             config[section][key] = value
@@ -484,8 +495,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     problems = []
     paths = ("training.sde", "model.name", "sampling.method", "sampling.predictor", "sampling.corrector",
-             "optim.optimizer")
-    for path in paths + ("training.objective", "training.condition"):
+             "optim.optimizer", "training.objective", "training.condition")
+    if config.training.get("objective") == "autoencoder":  # no SDE, nothing to sample, no condition
+        paths = ("model.name", "optim.optimizer", "training.objective")
+    for path in paths:
         section, key = path.split(".")
         if key not in config[section]:
             problems.append(f"config.{path} is missing")

@@ -28,8 +28,9 @@ Names:
     levels; `digits_split` fixes the train/test split. digits_color: the same, each
     digit tinted in one of six saturated colours (for colorization). Smaller sizes
     that divide 8 are the means of pixel blocks (low-resolution digits).
-  - photos: 16x16 RGB crops of scikit-learn's two bundled sample photographs (no
-    download), training and test crops from disjoint tiles (`photos_split`).
+  - photos: 16x16 (or, at image_size 32, full-resolution 32x32) RGB crops of
+    scikit-learn's two bundled sample photographs (no download), training and test crops
+    from disjoint tiles (`photos_split`); sizes dividing 16 are block means.
   - toy:<name> (or the bare name) for `scoresde.analytic.toy_target`: 8gaussians,
     grid, moons, swissroll, checkerboard. An infinite stream of fresh samples.
   - a path: a folder of PNG/JPEG images, or an .npz file holding an image array; either

@@ -15,9 +15,9 @@ from scoresde.data.sources import (
     digits_color_split,
     digits_split,
     load_image_folder,
-    photos_split,
     load_npz,
     open_tfds,
+    photos_split,
 )
 
 
@@ -48,13 +48,13 @@ def get_dataset(
         a path to a folder of PNG/JPEG images or to an .npz file (either may hold text
         embeddings, which the batches then carry as "text_embedding": see `sources`).
       split: "train" or "test" ("eval"; CelebA and LSUN use their validation split).
-        For digits the split of `digits_split(seed=0)`, for photos `photos_split()`; for
+        For digits the split of `digits_split(seed=0)`, for photos `photos_split`; for
         folders and .npz files and toys, the same data whatever the split.
       batch_size: the global batch size (divisible by the number of processes).
       image_size: output height = width; None keeps the native size (CelebA 64,
-        LSUN 256 by default). digits and photos at a size dividing theirs (8, 16) are
-        the means of pixel blocks (`images.downscale`), the low-resolution images of
-        super-resolution.
+        LSUN 256 by default; photos 16, or 32 for full-resolution crops). digits and
+        photos at a size dividing theirs (8, 16) are the means of pixel blocks
+        (`images.downscale`), the low-resolution images of super-resolution.
       centered: scale to [-1, 1] instead of [0, 1].
       random_flip: random horizontal flips; default True for training images,
         False for evaluation, toys and digits.
@@ -97,12 +97,16 @@ def get_dataset(
         return DataIterator(ArraySource(downscale(x, image_size), y), batch_size, random_flip=bool(random_flip),
                             **common)
     if name == "photos":
-        train_x, train_y, test_x, test_y = photos_split()
+        native = 32 if image_size == 32 else 16
+        train_x, train_y, test_x, test_y = photos_split(native)
         x, y = (train_x, train_y) if train else (test_x, test_y)
+        if image_size is not None and (image_size > native or native % image_size):
+            raise ValueError(f"photos: image_size must be 32, 16 or a size dividing 16, got {image_size!r}.")
         return DataIterator(ArraySource(downscale(x, image_size), y), batch_size,
                             random_flip=train if random_flip is None else random_flip, **common)
 
     random_flip = train if random_flip is None else random_flip
+
     if name in TFDS_NAMES or name.startswith("lsun/"):
         tfds_name = TFDS_NAMES.get(name, name)
         preprocess, shape = _tfds_preprocess(tfds_name, image_size)

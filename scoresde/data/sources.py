@@ -1,5 +1,5 @@
 """Where examples come from: TFDS data sets read through `tfds.data_source`, the
-bundled 8x8 digits, folders of PNG/JPEG images and .npz files.
+bundled 8x8 digits, crops of scikit-learn's two sample photographs, folders of PNG/JPEG images and .npz files.
 
 A source is random access: `len(source)` and `source.get_batch(indices)` -> a dict with
 "image" float32 (n, H, W, C) in [0, 1], "label" int32 (n,) and any per-example arrays
@@ -182,13 +182,14 @@ def digits_color_split(seed: int = 0):
 # ----------------------------------------------------------------------------- photos
 
 PHOTO_FILES = ("china.jpg", "flower.jpg")
-PHOTO_CROP = 16  # the crops' native size
+PHOTO_SIZES = (16, 32)  # the crops' native sizes: the photographs halved, or at full resolution
 
 
 @functools.cache
-def _load_photos_cached():
-    """scikit-learn's two sample photographs (what `load_sample_images` reads) halved by 2x2
-    block means (PIL's box `reduce`): uint8 (214, 320, 3) each."""
+def _load_photos_cached(reduce: int = 2):
+    """scikit-learn's two sample photographs (what `load_sample_images` reads, 640 x 427)
+    reduced by `reduce` x `reduce` block means (PIL's box `reduce`): uint8 (214, 320, 3)
+    each for 2."""
     from PIL import Image
 
     spec = importlib.util.find_spec("sklearn")
@@ -200,7 +201,7 @@ def _load_photos_cached():
     photos = []
     for name in PHOTO_FILES:
         with Image.open(os.path.join(folder, name)) as im:
-            photos.append(np.asarray(im.convert("RGB").reduce(2)))
+            photos.append(np.asarray(im.convert("RGB").reduce(reduce)))
     return tuple(photos)
 
 
@@ -212,25 +213,32 @@ def _windows(photo: np.ndarray, size: int, stride: int, keep) -> np.ndarray:
                      for j in range(0, w - size + 1, stride) if keep(i, j)])
 
 
-def photos_split(tile: int = 32):
-    """Crops of scikit-learn's two sample photographs (no download), a small RGB set for
-    super-resolution on a CPU. Each photo, halved to 320x214, is cut into tile x tile tiles; the
-    tiles in odd rows and odd columns (a quarter, spread over the photo) are held out. The test
-    crops are the 16x16 windows at stride 8 inside them (135 per photo), the training crops
-    every window at stride 4 that touches none of them (2134 per photo), so the two share no
-    pixel. Images are float32 (N, 16, 16, 3) in [0, 1]; the label is the photo (0 china, 1 flower).
+def photos_split(image_size: int = 16):
+    """Crops of scikit-learn's two sample photographs (no download), a small RGB set for a CPU.
+
+    At image_size 16 each photo, halved to 320x214, is cut into 32 x 32 tiles; the tiles in
+    odd rows and odd columns (a quarter, spread over the photo) are held out. The test crops
+    are the 16x16 windows at stride 8 inside them (135 per photo), the training crops every
+    window at stride 4 that touches none of them (2134 per photo), so the two share no pixel.
+    image_size 32 is the same windows of the full-resolution photos (each 32 x 32 crop's 2x2
+    block means are the 16 x 16 crop, up to uint8 rounding). Images are float32
+    (N, image_size, image_size, 3) in [0, 1]; the label is the photo (0 china, 1 flower).
 
     Returns (train_images, train_labels, test_images, test_labels).
     """
-    size = PHOTO_CROP
+    if image_size not in PHOTO_SIZES:
+        raise ValueError(f"photos: image_size must be one of {PHOTO_SIZES} (or, through get_dataset, a size "
+                         f"dividing 16: block means), got {image_size!r}.")
+    scale = image_size // PHOTO_SIZES[0]
+    size, tile = image_size, 32 * scale
     parts = {"train": ([], []), "test": ([], [])}
-    for label, photo in enumerate(_load_photos_cached()):
+    for label, photo in enumerate(_load_photos_cached(2 // scale)):
         held_out = np.zeros(photo.shape[:2], bool)
         for i in range(1, photo.shape[0] // tile, 2):
             for j in range(1, photo.shape[1] // tile, 2):
                 held_out[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile] = True
-        windows = {"train": _windows(photo, size, 4, lambda i, j: not held_out[i:i + size, j:j + size].any()),
-                   "test": _windows(photo, size, 8, lambda i, j: held_out[i:i + size, j:j + size].all())}
+        windows = {"train": _windows(photo, size, 4 * scale, lambda i, j: not held_out[i:i + size, j:j + size].any()),
+                   "test": _windows(photo, size, 8 * scale, lambda i, j: held_out[i:i + size, j:j + size].all())}
         for split, crops in windows.items():
             parts[split][0].append(crops)
             parts[split][1].append(np.full(len(crops), label, np.int32))

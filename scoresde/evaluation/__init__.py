@@ -9,6 +9,8 @@ Feature spaces (`feature_spaces`), each result naming its own:
     pytorch-fid weights; its Fréchet distance is the FID.
   - "digits_classifier": the bundled 8x8-digits classifier (`digits`); its Fréchet
     distance is "FD-digits", never to be reported as FID.
+  - "pixels_8x8": images average-pooled to 8 x 8, no network; its Fréchet distance is
+    "FD-pixels8", an offline stand-in where no feature network exists (photos).
 
 A trained workdir (`workdir`): `evaluate_workdir` (samples in resumable chunks, then the
 metrics), `dataset_stats` (a data set's reference statistics).

@@ -5,6 +5,11 @@
                          (see `scoresde.evaluation.inception`).
     "digits_classifier"  the bundled 8x8-digits MLP's features (64-d), 10-way logits;
                          its Fréchet distance is "FD-digits", not an FID.
+    "pixels_8x8"         no network: the images average-pooled to 8 x 8 (bilinear
+                         resize for sizes that 8 does not divide), 8 x 8 x C values
+                         in [0, 1]; its Fréchet distance is "FD-pixels8", a
+                         low-frequency, offline stand-in where no feature network
+                         exists (no logits: no Inception Score).
 
 Every result names its feature space and its Fréchet-distance metric, and statistics
 from different feature spaces are never compared.
@@ -16,7 +21,22 @@ import numpy as np
 
 from scoresde.evaluation import digits, inception, metrics
 
-FD_NAMES = {inception.FEATURE_SPACE: "FID", digits.FEATURE_SPACE: "FD-digits"}
+PIXELS = "pixels_8x8"
+FD_NAMES = {inception.FEATURE_SPACE: "FID", digits.FEATURE_SPACE: "FD-digits", PIXELS: "FD-pixels8"}
+
+
+def pooled_pixels(images, size: int = 8) -> np.ndarray:
+    """Images `(N, H, W, C)` -> `(N, size * size * C)`: average pooling by H / size (or a
+    bilinear resize when size does not divide H and W)."""
+    images = np.asarray(images, np.float32)
+    n, h, w, c = images.shape
+    if h % size == 0 and w % size == 0:
+        pooled = images.reshape(n, size, h // size, size, w // size, c).mean((2, 4))
+    else:
+        import jax
+
+        pooled = np.asarray(jax.image.resize(images, (n, size, size, c), "linear", antialias=True))
+    return pooled.reshape(n, -1)
 
 
 def _check(feature_space):
@@ -28,6 +48,9 @@ def _features_and_logits(batch, feature_space, centered, weights):
     if feature_space == inception.FEATURE_SPACE:
         return inception.inception_features(batch, path=weights, centered=centered)
     batch = (np.asarray(batch) + 1) / 2 if centered else batch
+    if feature_space == PIXELS:
+        feats = pooled_pixels(batch)
+        return feats, np.zeros((len(feats), 0), np.float32)
     feats, logits = digits._apply(digits.load_params(), batch)
     return np.asarray(feats), np.asarray(logits)
 
@@ -80,8 +103,9 @@ def evaluate(samples, reference, feature_space, *, centered=False, kid_subsets=1
     `reference` is an image array (same range as the samples) or a `metrics.Stats`
     (then KID, which needs the reference features, is None). Returns {"feature_space",
     "metric", "fd", "kid", "kid_std", "is", "is_std", "count1", "count2"}: the Fréchet
-    distance (FID or FD-digits), KID (mean, std over subsets), and the Inception
-    Score computed with this feature space's classifier (mean, std over splits).
+    distance (FID, FD-digits or FD-pixels8), KID (mean, std over subsets), and the Inception
+    Score computed with this feature space's classifier (mean, std over splits; None
+    without a classifier).
     """
     _check(feature_space)
     feats, logits = compute_features(samples, feature_space, centered=centered, weights=weights)
@@ -92,7 +116,7 @@ def evaluate(samples, reference, feature_space, *, centered=False, kid_subsets=1
         ref_feats = compute_features(reference, feature_space, centered=centered, weights=weights)[0]
         ref_stats = metrics.stats_from_features(ref_feats, feature_space)
         kid = metrics.kid(feats, ref_feats, kid_subsets, kid_subset_size, seed)
-    is_mean, is_std = metrics.inception_score(logits, splits=is_splits)
+    is_mean, is_std = metrics.inception_score(logits, splits=is_splits) if logits.shape[1] else (None, None)
     result = fd_from_stats(sample_stats, ref_stats)
     result.update({"kid": kid[0], "kid_std": kid[1], "is": is_mean, "is_std": is_std})
     return result

@@ -2,7 +2,8 @@
 
 `evaluate_workdir` draws N samples in chunks kept on disk, so that an interrupted
 evaluation resumes where it stopped, then reports FID / KID / IS (FD-digits for the
-digits) against the data. The chunks are kept under a folder named by a hash of
+digits) against the data; a latent model's samples are decoded to images first
+(`experiment.to_unit_range`), and an autoencoder gets its reconstruction report. The chunks are kept under a folder named by a hash of
 everything that determines their content (`sample_settings`): another sampler, option,
 seed, checkpoint or chunk size samples afresh instead of reusing them.
 """
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from scoresde import experiment, reporting
 from scoresde.evaluation import digits, feature_spaces, inception, metrics
 from scoresde.experiment import UserError
-from scoresde.workdir import check_writable
+from scoresde.workdir import check_writable, load_config
 
 
 def feature_space(config) -> str:
@@ -112,7 +113,14 @@ def evaluate_workdir(
     that made them, and reused by a rerun with the same settings (a resumed or larger
     evaluation). Returns the metrics, with the settings, and the path of the report.json
     written there.
+
+    An autoencoder's workdir gets its reconstruction report of the test split instead
+    (`autoencoder.reconstruction_report`: the first `num` test images, written to `out`).
     """
+    from scoresde import autoencoder
+
+    if autoencoder.is_autoencoder(load_config(workdir)):
+        return autoencoder.reconstruction_report(workdir, num=num, out=out)
     config, sde, score, step = experiment.load_score_fn(workdir)
     if not experiment.is_image_data(config):
         raise UserError("evaluate computes image metrics; this config has 2-D points (use ablate).")
