@@ -30,7 +30,7 @@ import pytest
 
 from scoresde import analytic, sde_lib
 
-# The slowest tests (each 8-95 s of CPU on the 2-core CI machine), left out of the default
+# The slowest tests (each 5-95 s of CPU on the 2-core CI machine), left out of the default
 # run so that `pytest` stays under 10 minutes there; `pytest -m slow` runs them, `pytest -m ""`
 # everything. Each is an end-to-end or statistical check whose parts the default run also
 # tests more cheaply.
@@ -81,6 +81,15 @@ SLOW = (
     "tests/test_score_model.py::test_samples_and_likelihoods_are_bit_for_bit_the_reference_formula[ode]",
     "tests/test_memory_options.py::test_accumulation_is_the_plain_step",
     "tests/test_cli.py::test_evaluate_cache_is_keyed_by_its_settings",
+    "tests/test_imputation.py::test_replacement_is_biased[vp-euler_maruyama]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[2-vp-euler_maruyama-ald]",
+    "tests/test_samplers.py::test_pc_sampler_matches_target[2-ve-reverse_diffusion-langevin]",
+    "tests/test_fast_samplers.py::test_order_of_convergence[vp-ode_euler]",
+    "tests/test_fast_samplers.py::test_order_of_convergence[subvp-dpm_solver_3s]",
+    "tests/test_fast_samplers.py::test_order_of_convergence[ve-ddim]",
+    "tests/test_unipc.py::test_order_of_convergence[unipc1]",
+    "tests/test_train.py::test_registered_mlp_learns_toy_data[ve-continuous]",
+    "tests/test_likelihood.py::test_exact_divergence_logp_matches_analytic_density[2-",
 )
 
 
