@@ -396,3 +396,12 @@ def test_time_grid_takes_a_traced_eps(spacing):
     ts = jax.jit(fast.time_grid, static_argnums=(0, 1, 3))(SAMPLE_SDE, 4, 1e-3, spacing)
     assert ts.shape == (5,) and bool(jnp.all(jnp.diff(ts) < 0))
     np.testing.assert_allclose([ts[0], ts[-1]], [SAMPLE_SDE.T, 1e-3], rtol=1e-5)
+
+
+def test_karras_grid_is_uniform_in_sigma_to_the_one_seventh():
+    """spacing="karras": sigma^ = sigma / alpha of the grid's times is uniform in sigma^(1/7)
+    from sigma^(T) to sigma^(eps) (EDM's rho = 7 grid)."""
+    ts = fast.time_grid(SAMPLE_SDE, 6, 1e-3, "karras")
+    alpha, sigma = SAMPLE_SDE.marginal_coeffs(ts)
+    root = np.asarray(sigma / alpha, np.float64) ** (1 / 7)
+    np.testing.assert_allclose(np.diff(root), np.full(6, (root[-1] - root[0]) / 6), rtol=1e-4)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from scoresde import parallel, sde_lib
 from scoresde.score import as_score_model
 
-SPACINGS = ("logSNR", "time_uniform", "time_quadratic")
+SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
 
 
 def _coeffs(sde, t):
@@ -181,11 +181,16 @@ def _t_of_lambda(sde, lam):
 
 def time_grid(sde, num_steps, eps, spacing="logSNR"):
     """`(num_steps + 1,)` times from T down to eps: uniform in lambda ("logSNR"), in t
-    ("time_uniform"), or in sqrt(t) ("time_quadratic", DPM-Solver's option for discrete models)."""
+    ("time_uniform"), in sqrt(t) ("time_quadratic", DPM-Solver's option for discrete models),
+    or in sigma^(1/7), sigma^ = sigma / alpha ("karras": EDM's rho = 7 grid, `edm_sigmas`,
+    k-diffusion's "Karras" schedule)."""
     if spacing == "time_uniform":
         return jnp.linspace(sde.T, eps, num_steps + 1)
     if spacing == "time_quadratic":
         return jnp.linspace(math.sqrt(sde.T), jnp.sqrt(eps), num_steps + 1) ** 2  # eps may be traced
+    if spacing == "karras":
+        ts = sde.sigma_to_t(edm_sigmas(sde, num_steps + 1, eps)[:-1])
+        return ts.at[0].set(sde.T).at[-1].set(eps)
     if spacing == "logSNR":
         lam = jnp.linspace(_lambda(sde, jnp.asarray(sde.T)), _lambda(sde, jnp.asarray(eps)), num_steps + 1)
         ts = _t_of_lambda(sde, lam)
