@@ -205,6 +205,23 @@ def test_latent_user_errors(tmp_path):
     assert not os.path.exists(bad)
 
 
+def test_cli_latent_train_and_sample(tmp_path):
+    """The default run's CLI check (the full chain is the slow test below): `scoresde train
+    --config digits_ldm` on an autoencoder workdir (untrained), then `scoresde sample`: decoded
+    8x8 digits in [0, 1] and a PNG; `likelihood` refuses latents."""
+    ae, ldm = str(tmp_path / "ae"), str(tmp_path / "ldm")
+    make_autoencoder(ae)
+    run("train", "--config", "digits_ldm", "--workdir", ldm, f"--config.data.autoencoder={ae}",
+        *(f"--config.{o}" for o in TINY_LDM), "--config.training.n_iters=2")
+    assert os.path.exists(os.path.join(ldm, latent.CACHE)) and experiment.load_config(ldm).data.latent_scale > 0
+    out = str(tmp_path / "s")
+    run("sample", "--workdir", ldm, "--sampler", "ddim", "--steps", "2", "--num", "4", "--out", out)
+    samples = np.load(out + ".npz")["samples"]
+    assert samples.shape == (4, 8, 8, 1) and np.all((samples >= 0) & (samples <= 1))
+    assert os.path.exists(out + ".png")
+    assert "latents" in error_of("likelihood", "--workdir", ldm)
+
+
 def test_cli_autoencoder_then_latent_model(tmp_path):
     """scoresde train (autoencoder) -> train (class-conditional latent model, resumed) ->
     sample with classifier-free guidance: decoded 8x8 PNG; ablate and evaluate on decoded
