@@ -96,9 +96,8 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-DEFAULT_REFERENCE_DIR = os.path.join(REPO_ROOT, ".reference", "score_sde_pytorch")
-DEFAULT_TORCH_PYTHON = os.path.join(REPO_ROOT, ".bench-venv", "bin", "python")
+sys.path.insert(0, HERE)
+from bench_train_vs_reference import DEFAULT_REFERENCE_DIR, DEFAULT_TORCH_PYTHON, REPO_ROOT, cpu_model  # noqa: E402
 RESULTS = os.path.join(HERE, "results", "profile_layers")
 CONFIG = "vp/cifar10_ddpmpp_continuous"
 SETUP_HINT = "see the set-up in the docstring of experiments/bench_train_vs_reference.py"
@@ -114,16 +113,6 @@ VARIANTS = {  # name -> XLA_FLAGS of our process
 def fail(message: str):
     sys.exit(f"profile_layers: {message}")
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ----------------------------------------------------------------------------- the pieces
