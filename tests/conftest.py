@@ -90,6 +90,8 @@ SLOW = (
     "tests/test_unipc.py::test_order_of_convergence[unipc1]",
     "tests/test_train.py::test_registered_mlp_learns_toy_data[ve-continuous]",
     "tests/test_likelihood.py::test_exact_divergence_logp_matches_analytic_density[2-",
+    "tests/test_likelihood.py::test_exact_divergence_logp_matches_analytic_density[8-vp]",
+    "tests/test_latent.py::test_short_training_reduces_reconstruction_error",
 )
 
 
