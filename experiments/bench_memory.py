@@ -3,10 +3,15 @@
 step throughput on a smaller DDPM++ (nf = 32, batch 16), for
 
   plain float32 | gradient checkpointing (model.remat) | 4 micro-batches (training.micro_batches)
-  | bfloat16 compute (model.compute_dtype) | all three
+  | bfloat16 compute (model.compute_dtype) | all three | 5 steps per call (training.n_jitted_steps)
 
-    python experiments/bench_memory.py            # ~10 minutes on 2 CPU cores
+    python experiments/bench_memory.py            # ~12 minutes on 2 CPU cores
     python experiments/bench_memory.py --tiny     # smoke test
+    python experiments/bench_memory.py --lax-gradient --variants micro_batches=4,n_jitted_steps=5
+
+Micro-batches and several steps per call run the gradient inside a `lax.scan`. `--lax-gradient`
+measures them with JAX's own convolution gradient instead of `models.layers.conv_general_dilated`
+(the state before it; see its docstring) and writes bench_memory_lax_gradient.{json,md}.
 
 Writes experiments/results/bench_memory.{json,md} (not with --tiny).
 """
@@ -16,13 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
 from scoresde import configs, experiment, losses, models, train
+from scoresde.models import layers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train_vs_reference import cpu_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {
@@ -31,6 +40,7 @@ VARIANTS = {
     "micro_batches=4": {"micro_batches": 4},
     "bfloat16": {"compute_dtype": "bfloat16"},
     "all three": {"remat": True, "micro_batches": 4, "compute_dtype": "bfloat16"},
+    "n_jitted_steps=5": {"n_jitted_steps": 5},
 }
 
 
@@ -58,10 +68,15 @@ def train_step(nf: int, image_size: int, batch: int, remat=False, compute_dtype=
     return step, state, jax.ShapeDtypeStruct(shape, jnp.float32), net
 
 
-def memory(nf, image_size, batch, **options) -> dict:
+def stacked(x, n_jitted_steps):
+    """The batch of one call: n_jitted_steps batches stacked (`train.compile_step`)."""
+    return x if n_jitted_steps == 1 else jax.ShapeDtypeStruct((n_jitted_steps, *x.shape), x.dtype)
+
+
+def memory(nf, image_size, batch, n_jitted_steps=1, **options) -> dict:
     step, state, x, net = train_step(nf, image_size, batch, **options)
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, x).compile()
+    compiled = train.compile_step(step, n_jitted_steps).lower(state, stacked(x, n_jitted_steps)).compile()
     analysis = compiled.memory_analysis()
     return {
         "params": models.count_params(state.params),
@@ -71,13 +86,13 @@ def memory(nf, image_size, batch, **options) -> dict:
     }
 
 
-def throughput(nf, image_size, batch, repeats, **options) -> float:
+def throughput(nf, image_size, batch, repeats, n_jitted_steps=1, **options) -> float:
     step, abstract, x, net = train_step(nf, image_size, batch, **options)
     config_opt = train.get_optimizer()
     state = train.init_train_state(net, experiment.sde_from_config(configs.get_config("vp/cifar10_ddpmpp_continuous")),
                                    jax.random.PRNGKey(0), x.shape[1:], config_opt)
-    data = jax.random.uniform(jax.random.PRNGKey(1), x.shape) * 2 - 1
-    fn = jax.jit(step, donate_argnums=0)
+    data = jax.random.uniform(jax.random.PRNGKey(1), stacked(x, n_jitted_steps).shape) * 2 - 1
+    fn = train.compile_step(step, n_jitted_steps)
     state, _ = fn(state, data)
     jax.block_until_ready(state)
     best = float("inf")
@@ -86,34 +101,47 @@ def throughput(nf, image_size, batch, repeats, **options) -> float:
         state, metrics = fn(state, data)
         jax.block_until_ready(metrics)
         best = min(best, time.perf_counter() - start)
-    return batch / best
+    return batch * n_jitted_steps / best
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small networks; results not written")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--lax-gradient", action="store_true",
+                        help="JAX's own convolution gradient instead of layers.conv_general_dilated's")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or variants[0] != "plain" and not args.lax_gradient:
+        parser.error(f"--variants: unknown {unknown}" if unknown else "--variants: the first must be plain (the baseline)")
+    if args.lax_gradient:
+        layers.conv_general_dilated = jax.lax.conv_general_dilated  # what every nn.Conv of the networks calls
     mem_setting = (16, 8, 8) if args.tiny else (128, 32, 128)  # nf, image size, batch
     speed_setting = (16, 8, 8) if args.tiny else (32, 32, 16)
     rows = []
-    for name, options in VARIANTS.items():
+    for name in variants:
+        options = VARIANTS[name]
         row = {"variant": name, **memory(*mem_setting, **options)}
         row["images_per_s"] = throughput(*speed_setting, args.repeats, **options)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} " \
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__} " \
               f"({jax.default_backend()})"
     plain = rows[0]
+    command = " ".join(["python experiments/bench_memory.py"] + sys.argv[1:])
+    gradient = ("JAX's own convolution gradient (`--lax-gradient`)" if args.lax_gradient else
+                "the convolution gradient of `models.layers.conv_general_dilated`")
     lines = [
         "# Memory options of the train step", "",
-        f"Machine: {machine}. Command: `python experiments/bench_memory.py{' --tiny' if args.tiny else ''}`.", "",
+        f"Machine: {machine}. Command: `{command}`. Gradients: {gradient}.", "",
         f"Memory: XLA's `memory_analysis()` of the compiled train step (loss, gradients, clipping, Adam, EMA) of "
         f"DDPM++ (`vp/cifar10_ddpmpp_continuous`, nf = {mem_setting[0]}, {rows[0]['params']:,} parameters) at "
         f"batch {mem_setting[2]}, {mem_setting[1]}x{mem_setting[1]}x3. Throughput: the same step with nf = "
-        f"{speed_setting[0]} at batch {speed_setting[2]}, best of {args.repeats}.", "",
+        f"{speed_setting[0]} at batch {speed_setting[2]}, best of {args.repeats}. Ratios are to the first row.", "",
         "| variant | temporary memory (GiB) | vs plain | arguments (GiB) | images/s (small net) | vs plain |",
         "|---|---|---|---|---|---|",
     ]
@@ -126,9 +154,10 @@ def main():
     print(report)
     if not args.tiny:
         os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "bench_memory.json"), "w") as f:
-            json.dump({"machine": machine, "rows": rows}, f, indent=1)
-        with open(os.path.join(RESULTS, "bench_memory.md"), "w") as f:
+        name = "bench_memory_lax_gradient" if args.lax_gradient else "bench_memory"
+        with open(os.path.join(RESULTS, name + ".json"), "w") as f:
+            json.dump({"machine": machine, "command": command, "rows": rows}, f, indent=1)
+        with open(os.path.join(RESULTS, name + ".md"), "w") as f:
             f.write(report)
 
 
