@@ -5,6 +5,7 @@
     python experiments/profile_layers.py --variants default xnnpack --net-variants all --cases 'conv|net'
     python experiments/profile_layers.py --extra-variant NAME=--xla_cpu_experimental_xnn_fusion_type=...
     python experiments/profile_layers.py --tiny             # smoke test: small network, 1 round; nothing recorded
+    python experiments/profile_layers.py --cases '^conv' --variants default --out experiments/results/profile_conv
 
 Run it with the package's venv (`.venv/bin/python`); it starts the reference side itself in
 the benchmark venv (`--torch-python`, default `.bench-venv/bin/python`) with the reference
@@ -31,8 +32,9 @@ The pieces (`make_cases`; every one built from each side's own code):
 
   conv3x3     one 3x3 convolution (ours `layers.conv3x3`, theirs `layers.ddpm_conv3x3`)
               at 32x32 32->32 and 64->32, 16x16 64->64 and 128->64, 4x4 64->64; and
-              conv3x3_fwd, the 32x32 32->32 one forward only (no gradient; torch under
-              no_grad), which splits a convolution's time into forward and backward
+              conv3x3_fwd, the 32x32 32->32, 64->32 and 16x16 128->64 ones forward only (no
+              gradient; torch under no_grad), which splits a convolution's time into
+              forward and backward
   groupnorm   GroupNorm with the reference's min(C // 4, 32) groups, eps 1e-6
   biggan      one ResnetBlockBigGANpp with the time embedding (what this config's network
               is made of) at 32x32 32->32, 32x32 64->32, 16x16 128->64, 4x4 64->64;
@@ -191,8 +193,10 @@ def make_cases(m: dict) -> list[dict]:
     add("conv3x3", res[0], ch[0], ch[0])
     add("conv3x3_fwd", res[0], ch[0], ch[0])
     add("conv3x3", res[0], 2 * ch[0], ch[0])
+    add("conv3x3_fwd", res[0], 2 * ch[0], ch[0])
     add("conv3x3", res[1], ch[1], ch[1])
     add("conv3x3", res[1], 2 * ch[1], ch[1])
+    add("conv3x3_fwd", res[1], 2 * ch[1], ch[1])
     add("conv3x3", res[-1], ch[-1], ch[-1])
     add("groupnorm", res[0], ch[0])
     add("groupnorm", res[1], ch[1])
@@ -860,6 +864,7 @@ def main():
                    help="the variants that also compile and time the whole network and the optimizer "
                         "(each adds about 2 minutes of compiling at nf 32); 'all': every variant, 'none': none")
     p.add_argument("--cases", default=None, help="regular expression: only the pieces whose names match")
+    p.add_argument("--out", default=RESULTS, help="results path without extension (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="python of the venv with torch")
     p.add_argument("--reference-dir", default=DEFAULT_REFERENCE_DIR)
@@ -1054,8 +1059,8 @@ def main():
     if args.tiny:
         path = os.path.join(tempfile.mkdtemp(prefix="profile_layers_"), "profile_layers")
     else:
-        os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-        path = RESULTS
+        path = args.out
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_results(result, path)
     print(f"wrote {path}.json and .md" + (" (--tiny: a temporary directory, nothing recorded)" if args.tiny else ""))
     return 0

@@ -53,6 +53,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from scoresde import losses as losses_lib
 from scoresde import parallel, sde_lib
 from scoresde.checkpoints import CheckpointManager
+from scoresde.models import convolution
 from scoresde.score import noise_labels
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, ema_rate: 
 
     def step_fn(state: TrainState, batch):
         rng, step_rng = jax.random.split(state.rng)
-        loss, grads = value_and_grad(state.params, step_rng, batch)
+        with convolution.canonical_gradients():  # fast on CPU inside scans (micro-batches, n_jitted_steps)
+            loss, grads = value_and_grad(state.params, step_rng, batch)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -1,10 +1,11 @@
-"""`layers.conv_general_dilated`: the convolution of every U-Net, whose gradient is written
-as two canonical NHWC/HWIO convolutions so that XLA's CPU compiler keeps its fast kernels
-inside loops (gradient accumulation, several train steps per call).
+"""`convolution.conv_general_dilated`: the convolution of every U-Net, whose gradient within
+`canonical_gradients()` is written as two canonical NHWC/HWIO convolutions, so that XLA's CPU
+compiler keeps its fast kernels inside loops (gradient accumulation, several train steps per call).
 
 Its values and gradients must be those of `lax.conv_general_dilated` under JAX's own rule,
-for every padding the networks use and for the cases it hands back to lax; and the gradient
-compiled inside a `lax.scan` must contain no other convolution than the canonical one.
+for every padding the networks use and for the cases it hands back to lax; the gradient
+compiled inside a `lax.scan` must contain no other convolution than the canonical one; and
+outside the context forward-mode differentiation (the likelihood's) goes through it.
 """
 
 import re
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde.models import layers
+from scoresde.models import convolution
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -24,9 +25,10 @@ def both_gradients(x, w, **kwargs):
     r = jax.random.normal(jax.random.PRNGKey(9), jax.eval_shape(
         lambda: jax.lax.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)).shape, x.dtype)
     out = []
-    for conv in (layers.conv_general_dilated, jax.lax.conv_general_dilated):
+    for conv in (convolution.conv_general_dilated, jax.lax.conv_general_dilated):
         loss = lambda x, w, conv=conv: jnp.sum(conv(x, w, dimension_numbers=NHWC, **kwargs) * r)
-        out.append(jax.jit(jax.value_and_grad(loss, (0, 1)))(x, w))
+        with convolution.canonical_gradients():
+            out.append(jax.jit(jax.value_and_grad(loss, (0, 1)))(x, w))
     return out
 
 
@@ -71,7 +73,7 @@ def test_gradient_inside_a_scan_compiles_to_canonical_convolutions():
     x = jnp.ones((4, 2, 8, 8, 16))
     w = jnp.ones((3, 3, 16, 8)) / 100
 
-    def accumulated(x, w, conv=layers.conv_general_dilated):
+    def accumulated(x, w, conv=convolution.conv_general_dilated):
         grad = jax.grad(lambda w, xi: jnp.sum(conv(xi, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2), (0, 1))
 
         def body(acc, xi):
@@ -80,6 +82,20 @@ def test_gradient_inside_a_scan_compiles_to_canonical_convolutions():
 
         return jax.lax.scan(body, jnp.zeros_like(w), x)[0]
 
-    labels = convolutions(jax.jit(accumulated).lower(x, w).compile().as_text())
+    with convolution.canonical_gradients():
+        labels = convolutions(jax.jit(accumulated).lower(x, w).compile().as_text())
     assert len(labels) == 3, labels  # forward, input gradient, weight gradient
     assert set(labels) == {"b01f_01io->b01f"}, labels
+
+
+def test_forward_mode_goes_through_outside_the_context():
+    """The likelihood linearizes the networks: outside `canonical_gradients` the convolution
+    is lax's, which jax.jvp differentiates; inside, it refuses forward mode."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
+    v = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+    ours = lambda x: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    theirs = lambda x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    np.testing.assert_allclose(jax.jvp(ours, (x,), (v,))[1], jax.jvp(theirs, (x,), (v,))[1], rtol=1e-6)
+    with convolution.canonical_gradients(), pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(ours, (x,), (v,))

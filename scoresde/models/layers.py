@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresde.models import convolution
 from scoresde.models import up_or_down_sampling as updown
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -53,70 +54,6 @@ def default_init(scale: float = 1.0):
     return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated` whose gradient is two canonical NHWC/HWIO convolutions, on CPU.
-
-    JAX's own gradient expresses the input gradient as a convolution with the kernel's I/O
-    dimensions swapped by its dimension numbers (`01oi`) and the weight gradient as one with
-    permuted batch and feature dimensions. Outside loops XLA's CPU compiler turns both into its
-    fast kernels; inside a `while` body (a `lax.scan`: gradient accumulation, several train
-    steps per call, gradients inside samplers) it does not, and falls back to a kernel 20-40x
-    slower (`experiments/bench_memory.py`). Here, for stride 1 without dilation or groups in
-    2-D NHWC/HWIO (every convolution of the U-Nets), the backward pass is written with
-    explicit transposes, which XLA keeps canonical everywhere:
-
-        dx = conv(g, flip_hw(w)^{io}, pad (k - 1 - lo, k - 1 - hi)),
-        dw = conv(x^{c b}, g^{b o}, pad (lo, hi))^T,
-
-    the same arithmetic (identical results) as JAX's rule. Anything else, and every other
-    backend, is `lax.conv_general_dilated` itself. Usable as flax's `nn.Conv(conv_general_dilated=...)`.
-    """
-    call = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, lhs_dilation=lhs_dilation,
-                             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                             feature_group_count=feature_group_count, precision=precision, **kwargs)
-    plain = (
-        jax.default_backend() == "cpu" and lhs.ndim == 4 and not kwargs and feature_group_count == 1
-        and tuple(window_strides) == (1, 1) and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    )
-    if not plain:
-        return call(lhs, rhs, padding=padding)
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-    return _conv_nhwc(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding), precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_nhwc(x, w, padding, precision):
-    """Stride-1 NHWC/HWIO convolution `(B, H, W, I), (kh, kw, I, O) -> (B, H', W', O)` (`conv_general_dilated`)."""
-    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC, precision=precision)
-
-
-def _conv_nhwc_fwd(x, w, padding, precision):
-    return _conv_nhwc(x, w, padding, precision), (x, w)
-
-
-def _conv_nhwc_bwd(padding, precision, residuals, g):
-    x, w = residuals
-    kernel = w.shape[:2]
-    flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)  # (kh, kw, O, I)
-    dx_padding = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, padding)]
-    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, dimension_numbers=_NHWC, precision=precision)
-    # dw[p, q, i, o] = sum_{b, y, x} x_pad[b, y + p, x + q, i] g[b, y, x, o]: a convolution
-    # of x with channels as the batch and the batch as the features, the kernel being g.
-    dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1), padding,
-                                      dimension_numbers=_NHWC, precision=precision)
-    return dx.astype(x.dtype), dw.transpose(1, 2, 0, 3).astype(w.dtype)
-
-
-_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
-
-
 def conv1x1(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1, init_scale: float = 1.0):
     """1x1 convolution with DDPM initialization (zero bias): `(B, H, W, C) -> (B, H/s, W/s, out_planes)`."""
     return nn.Conv(
@@ -129,7 +66,7 @@ def conv1x1(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: in
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=x.dtype,
-        conv_general_dilated=conv_general_dilated,
+        conv_general_dilated=convolution.conv_general_dilated,
     )(x)
 
 
@@ -145,7 +82,7 @@ def conv3x3(x, out_planes: int, stride: int = 1, bias: bool = True, dilation: in
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=x.dtype,
-        conv_general_dilated=conv_general_dilated,
+        conv_general_dilated=convolution.conv_general_dilated,
     )(x)
 
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresde.models import convolution
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -47,7 +49,7 @@ def upfirdn_2d(x, k, up=1, down=1, pad0=0, pad1=0):
     out_h, out_w = x.shape[1], x.shape[2]
     x = jnp.reshape(jnp.transpose(x, (0, 3, 1, 2)), (-1, out_h, out_w, 1))
     w = jnp.asarray(k[::-1, ::-1, None, None], dtype=x.dtype)
-    x = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_NHWC)
+    x = convolution.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_NHWC)
     x = jnp.reshape(x, (-1, ch, out_h - kernel_h + 1, out_w - kernel_w + 1))
     x = jnp.transpose(x, (0, 2, 3, 1))
     return x[:, ::down, ::down, :]
@@ -143,7 +145,7 @@ class Conv2d(nn.Module):
         elif self.down:
             x = conv_downsample_2d(x, w, k=self.resample_kernel)
         else:
-            x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC)
+            x = convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC)
         if self.use_bias:
             b = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
             x = x + jnp.asarray(b, x.dtype).reshape((1, 1, 1, -1))
