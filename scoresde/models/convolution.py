@@ -10,8 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
+NHWC = ("NHWC", "HWIO", "NHWC")  # images (B, H, W, C), kernels (kh, kw, C_in, C_out)
 
 _CANONICAL_GRADIENTS = contextvars.ContextVar("canonical_gradients", default=False)
 
@@ -50,18 +49,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     `lax.conv_general_dilated` itself. Usable as flax's `nn.Conv(conv_general_dilated=...)`;
     the networks call it through this module, so that a benchmark can swap it.
     """
-    call = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, lhs_dilation=lhs_dilation,
-                             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                             feature_group_count=feature_group_count, precision=precision, **kwargs)
     canonical = (
         _CANONICAL_GRADIENTS.get() and jax.default_backend() == "cpu" and lhs.ndim == 4 and not kwargs
         and feature_group_count == 1 and tuple(window_strides) == (1, 1)
         and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
         and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     )
     if not canonical:
-        return call(lhs, rhs, padding=padding)
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
     return _conv_nhwc(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding), precision)
@@ -70,7 +67,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_nhwc(x, w, padding, precision):
     """Stride-1 NHWC/HWIO convolution `(B, H, W, I), (kh, kw, I, O) -> (B, H', W', O)` (`conv_general_dilated`)."""
-    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC, precision=precision)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC, precision=precision)
 
 
 def _conv_nhwc_fwd(x, w, padding, precision):
@@ -82,11 +79,11 @@ def _conv_nhwc_bwd(padding, precision, residuals, g):
     kernel = w.shape[:2]
     flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)  # (kh, kw, O, I)
     dx_padding = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, padding)]
-    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, dimension_numbers=_NHWC, precision=precision)
+    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), dx_padding, dimension_numbers=NHWC, precision=precision)
     # dw[p, q, i, o] = sum_{b, y, x} x_pad[b, y + p, x + q, i] g[b, y, x, o]: a convolution
     # of x with channels as the batch and the batch as the features, the kernel being g.
     dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1), padding,
-                                      dimension_numbers=_NHWC, precision=precision)
+                                      dimension_numbers=NHWC, precision=precision)
     return dx.astype(x.dtype), dw.transpose(1, 2, 0, 3).astype(w.dtype)
 
 

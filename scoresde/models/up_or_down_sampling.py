@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde.models import convolution
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
+from scoresde.models.convolution import NHWC as _NHWC
 
 
 def _setup_kernel(k) -> np.ndarray:
