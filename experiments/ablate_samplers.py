@@ -16,7 +16,14 @@ Part 2 (quality per NFE): every sampler at NFE in {10, 20, 50, 100, 1000} on a h
 
 Adaptive samplers (ode, adaptive_sde) run once per configuration whatever the NFE grid: to
 sweep one, give it several tolerances, e.g. 'adaptive_sde:{"rtol": 0.1}'. `--sde ve`
-runs everything on the VE SDE instead of VP.
+runs everything on the VE SDE instead of VP. `--learn-timesteps B` adds, for every sampler
+with a `timesteps` option, a row on a grid fitted to the score (`samplers.timesteps`) from B
+calibration latents other than the evaluation's:
+
+    python experiments/ablate_samplers.py --skip-defaults --out experiments/results/learnt_timesteps \
+      --nfes 6,8,10,12 --learn-timesteps 512 --samplers 'dpm_solver++_3m:{"plus": false, "spacing": "karras"}' \
+      'unipc:{"spacing": "karras"}' 'dpm_solver++:{"spacing": "karras"}' ode
+
 
 Writes <out>/ablate_defaults.{csv,md,png} and <out>/ablate_nfe.{csv,md,png}.
 """
@@ -117,6 +124,9 @@ def main():
     parser.add_argument("--nfes", type=lambda s: [int(v) for v in s.split(",")], default=[10, 20, 50, 100, 1000],
                         help="part 2: comma-separated NFE budgets (default 10,20,50,100,1000)")
     parser.add_argument("--sde", choices=["vp", "ve"], default="vp", help="the SDE (default vp)")
+    parser.add_argument("--learn-timesteps", type=int, default=None, metavar="B",
+                        help="part 2: also run samplers with a timesteps option on grids fitted to the score "
+                        "from B calibration latents (samplers.timesteps, LD3)")
     args = parser.parse_args()
     key = jax.random.PRNGKey(0)
     sde = sde_lib.VPSDE() if args.sde == "vp" else sde_lib.VESDE()
@@ -156,7 +166,8 @@ def main():
         target = analytic.separated_mixture(dim, num_modes=4, spread=6.0, seed=3)
         exact = target.score_fn(sde)
         quality = ablation.exact_target_quality(target, jax.random.PRNGKey(1))
-        rows = ablation.run_grid(key, sde, exact, shape, args.samplers or PER_NFE, quality, nfes=args.nfes)
+        rows = ablation.run_grid(key, sde, exact, shape, args.samplers or PER_NFE, quality, nfes=args.nfes,
+                                 learn_timesteps=args.learn_timesteps)
         em = [r["fd_modes"] for r in rows if r["sampler"] == "euler_maruyama" and r["nfe"] == 1000]
         # Indistinguishable from exact samples: within 2 sd of the fd_modes of exact sample sets.
         band = rows[0]["fd_modes_floor"] + 2 * rows[0]["fd_modes_floor_sd"]

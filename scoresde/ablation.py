@@ -24,6 +24,7 @@ import scipy.linalg
 from tqdm.auto import tqdm
 
 from scoresde.samplers import registry
+from scoresde.samplers.timesteps import optimize_timesteps
 from scoresde.score import as_score_model
 
 
@@ -138,11 +139,16 @@ def run_grid(
     time_repeats: int = 1,
     bare_score_seconds: float | None = None,
     progress: bool = True,
+    learn_timesteps: int | None = None,
 ) -> list[dict]:
     """Run every (sampler, options) at every NFE budget; None means the sampler's defaults.
 
     Each run is compiled once, then timed (best of `time_repeats`, after the compile) and
-    scored. With `bare_score_seconds`, rows get overhead = wall / (nfe x that).
+    scored. With `bare_score_seconds`, rows get overhead = wall / (nfe x that). With
+    `learn_timesteps` = B, samplers with a `timesteps` option run at each NFE budget on a
+    grid fitted to the score from their `spacing` (`samplers.timesteps.optimize_timesteps`,
+    B calibration latents drawn with `fold_in(key, 1)`, not the evaluation's) as well: a
+    second row that says `"timesteps": "learnt"` and gives the grid (its fit is not in `wall_s`).
     """
     rows = []
     jobs = [(name, opts, nfe) for name, opts in configs for nfe in nfes]
@@ -155,25 +161,41 @@ def run_grid(
                     continue
             else:
                 opts["num_steps"] = steps
-        run = lambda: registry.sample(key, sde, score_fn, shape, name, **opts)  # noqa: E731
-        try:
-            x, used = run()
-        except ValueError as err:  # a setting the sampler does not support (e.g. too few steps)
-            tqdm.write(f"skipped {name} {opts}: {err}")
+        row = _run_one(key, sde, score_fn, shape, name, opts, quality, time_repeats, bare_score_seconds)
+        if row is None:
             continue
-        jax.block_until_ready(x)
-        wall = math.inf
-        for _ in range(time_repeats):
-            start = time.perf_counter()
-            x, used = run()
-            jax.block_until_ready(x)
-            wall = min(wall, time.perf_counter() - start)
-        row = {"sampler": name, "options": json.dumps(opts, sort_keys=True), "nfe": int(used), "wall_s": wall}
-        if bare_score_seconds:
-            row["overhead"] = wall / (used * bare_score_seconds)
-        row.update(quality(x))
         rows.append(row)
+        if learn_timesteps and "num_steps" in opts and "timesteps" in registry.sampler_options(name):
+            grid, _ = optimize_timesteps(jax.random.fold_in(key, 1), sde, score_fn, (learn_timesteps, *shape[1:]), name,
+                                         progress=False, **opts)
+            row = _run_one(key, sde, score_fn, shape, name, {**opts, "timesteps": grid.tolist()}, quality,
+                           time_repeats, bare_score_seconds)
+            row["options"] = json.dumps({**opts, "timesteps": "learnt"}, sort_keys=True)
+            row["timesteps"] = json.dumps([float(f"{t:.6g}") for t in grid])  # as `--option timesteps=...` takes it
+            rows.append(row)
     return rows
+
+
+def _run_one(key, sde, score_fn, shape, name, opts, quality, time_repeats, bare_score_seconds):
+    """One row of `run_grid`, or None (reported) where the sampler refuses the setting."""
+    run = lambda: registry.sample(key, sde, score_fn, shape, name, **opts)  # noqa: E731
+    try:
+        x, used = run()
+    except ValueError as err:  # a setting the sampler does not support (e.g. too few steps)
+        tqdm.write(f"skipped {name} {opts}: {err}")
+        return None
+    jax.block_until_ready(x)
+    wall = math.inf
+    for _ in range(time_repeats):
+        start = time.perf_counter()
+        x, used = run()
+        jax.block_until_ready(x)
+        wall = min(wall, time.perf_counter() - start)
+    row = {"sampler": name, "options": json.dumps(opts, sort_keys=True), "nfe": int(used), "wall_s": wall}
+    if bare_score_seconds:
+        row["overhead"] = wall / (used * bare_score_seconds)
+    row.update(quality(x))
+    return row
 
 
 def sampler_configs(samplers, snrs=None) -> list[tuple[str, dict]]:
@@ -289,10 +311,10 @@ def _checked(rows):
 
 
 def ablate_target(target: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *, snrs=None, sde: str = "vpsde",
-                  num: int | None = None, seed: int = 0) -> Ablation:
+                  num: int | None = None, seed: int = 0, learn_timesteps: int | None = None) -> Ablation:
     """Samplers x NFE budgets (x snr values) on the exact score of an analytic 2-D mixture
     (`analytic.TOY_TARGETS`) under the SDE `sde`, `num` samples per run (default 4096),
-    scored by `exact_target_quality` (fd_modes)."""
+    scored by `exact_target_quality` (fd_modes); `learn_timesteps` as `run_grid`."""
     from scoresde import analytic, sde_lib
     from scoresde.experiment import UserError
 
@@ -308,21 +330,24 @@ def ablate_target(target: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *, 
     except ValueError as err:
         raise UserError(str(err)) from None
     rows = run_grid(jax.random.PRNGKey(seed), forward, exact.score_fn(forward), (num or 4096, exact.dim), configs,
-                    exact_target_quality(exact, jax.random.PRNGKey(1)), nfes=nfes)
+                    exact_target_quality(exact, jax.random.PRNGKey(1)), nfes=nfes, learn_timesteps=learn_timesteps)
     return Ablation(_checked(rows), "fd_modes", f"{target} ({sde}), exact score",
                     "Exact score of the target; fd_modes: per-mode Frechet distance to the exact components.")
 
 
 def ablate_workdir(workdir: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *, snrs=None,
-                   num: int | None = None, seed: int = 0, guidance=None) -> Ablation:
+                   num: int | None = None, seed: int = 0, guidance=None, learn_timesteps: int | None = None) -> Ablation:
     """Samplers x NFE budgets (x snr values) on the EMA model of a trained workdir, `num`
     samples per run (default 512), scored against the data (`image_quality`, `toy_quality`). With
     `guidance`, a list of classifier-free guidance weights, a conditional model is swept
     over them (`guidance_sweep`, every class in turn), and digits samples also get the
-    bundled classifier's accuracy on their class."""
+    bundled classifier's accuracy on their class. `learn_timesteps` as `run_grid` (not with guidance)."""
     from scoresde import experiment
 
     configs = _grid_configs(samplers, snrs)
+    if guidance is not None and learn_timesteps:
+        raise experiment.UserError("Learnt timesteps are fitted to one score: give --guidance or --learn-timesteps, "
+                                   "not both.")
     config, sde, score_fn, step = experiment.load_score_fn(workdir)
     num = num or 512
     shape = (num,) + experiment.data_shape(config)
@@ -333,7 +358,8 @@ def ablate_workdir(workdir: str, samplers=DEFAULT_SAMPLERS, nfes=DEFAULT_NFES, *
     title = f"{config.data.dataset} ({config.training.sde}), step {step}"
     key = jax.random.PRNGKey(seed)
     if guidance is None:
-        return Ablation(_checked(run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes)), metric, title, notes)
+        rows = run_grid(key, sde, score_fn, shape, configs, quality, nfes=nfes, learn_timesteps=learn_timesteps)
+        return Ablation(_checked(rows), metric, title, notes)
     if experiment.condition_kind(config) == "text_embedding":
         raise experiment.UserError("--guidance sweeps label-conditional models; sample a text-embedding model at "
                                    "each weight with sample --condition-file F --guidance W.")

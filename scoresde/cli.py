@@ -197,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--guidance", type=_comma_separated(float, "numbers >= 0"), default=None,
                    help="comma-separated classifier-free guidance weights w to sweep (conditional models)")
+    p.add_argument("--learn-timesteps", type=_positive_int(" (calibration latents)"), default=None, metavar="B",
+                   help="also run samplers with a timesteps option on grids fitted to the score (LD3) from B "
+                   "calibration latents; the grids are in the CSV")
 
     p = sub.add_parser("evaluate", help="FID/KID/IS (or FD-digits) of N samples, resumes; an autoencoder's "
                        "reconstruction error on the test split")
@@ -385,10 +388,10 @@ def cmd_ablate(args, overrides):
     check_writable(os.path.dirname(os.path.abspath(prefix)))
     if args.target:
         result = ablation.ablate_target(args.target, *grid, snrs=args.snrs, sde=args.sde, num=args.num,
-                                        seed=args.seed)
+                                        seed=args.seed, learn_timesteps=args.learn_timesteps)
     else:
         result = ablation.ablate_workdir(args.workdir, *grid, snrs=args.snrs, num=args.num, seed=args.seed,
-                                         guidance=args.guidance)
+                                         guidance=args.guidance, learn_timesteps=args.learn_timesteps)
     files = ablation.write_results(result.rows, prefix, result.metric, result.title, result.notes)
     print(open(prefix + ".md").read())
     print("wrote " + ", ".join(files))

@@ -5,6 +5,7 @@ Ctrl-C and SIGTERM during `scoresde train` (a subprocess) and the resumption; ev
 mistake a one-line `scoresde: error:` message.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -47,9 +48,17 @@ def test_train_resume_sample_ablate(tmp_path):
     assert samples.shape == (32, 2) and np.all(np.isfinite(samples))
     assert os.path.exists(out + ".png")
     prefix = str(tmp_path / "abl")
-    run("ablate", "--workdir", workdir, "--samplers", "ddim,edm_heun", "--nfes", "5,9", "--num", "64", "--out", prefix)
+    run("ablate", "--workdir", workdir, "--samplers", "ddim,edm_heun", "--nfes", "5,9", "--num", "64", "--out", prefix,
+        "--learn-timesteps", "32")
     for ext in (".csv", ".md", ".png"):
         assert os.path.exists(prefix + ext)
+    # A learnt grid of the ablation, from its CSV, is a sampler option.
+    rows = list(csv.DictReader(open(prefix + ".csv")))
+    learnt = [r for r in rows if "learnt" in r["options"]]
+    assert [(r["sampler"], r["nfe"]) for r in learnt] == [("ddim", "5"), ("ddim", "9")], rows
+    run("sample", "--workdir", workdir, "--sampler", "ddim", "--steps", "5", "--num", "32", "--out", out,
+        "--option", "timesteps=" + learnt[0]["timesteps"])
+    assert np.all(np.isfinite(np.load(out + ".npz")["samples"]))
     prefix = str(tmp_path / "target")
     run("ablate", "--target", "8gaussians", "--samplers", "ddim,euler_maruyama", "--nfes", "10", "--num", "256", "--out", prefix)
     assert "fd_modes" in open(prefix + ".md").read()

@@ -456,7 +456,7 @@ def _inpaint(**kwargs):
         (dict(method="pseudoinverse"), "valid names: replace, tmpd"),
         (dict(sampler="gibbs"), "Unknown sampler .gibbs.; valid names: pc, euler_maruyama"),
         (dict(z=jnp.zeros((8, 2)), sampler="ode"), "set by the imputation itself"),
-        (dict(snr=0.2, sampler="ddim"), "no option.*snr.*valid: num_steps, eps, spacing, z\\.$"),
+        (dict(snr=0.2, sampler="ddim"), "no option.*snr.*valid: num_steps, eps, spacing, timesteps, z\\.$"),
         (dict(method="tmpd", cg_iters=-1), "cg_iters must be an integer >= 0"),
     ],
 )

@@ -198,6 +198,35 @@ def time_grid(sde, num_steps, eps, spacing="logSNR"):
     raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
 
 
+def sampling_grid(sde, num_steps, eps, spacing="logSNR", timesteps=None):
+    """The `(num_steps + 1,)` times of a grid sampler from T down to eps: `time_grid`, or the
+    given `timesteps` (e.g. `samplers.timesteps.optimize_timesteps`), which must be strictly
+    decreasing from at most T to eps (`eps=None`: their last) and num_steps + 1 long; traced
+    timesteps (inside a gradient) are checked for their shape only."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
+    if timesteps is None:
+        return time_grid(sde, num_steps, sde_lib.default_eps(sde) if eps is None else float(eps), spacing)
+    ts = jnp.asarray(timesteps, jnp.float32)
+    if ts.shape != (num_steps + 1,):
+        raise ValueError(f"timesteps must have num_steps + 1 = {num_steps + 1} entries, got shape {ts.shape}.")
+    if not isinstance(ts, jax.core.Tracer):
+        check_timesteps(sde, ts, eps)
+    return ts
+
+
+def check_timesteps(sde, timesteps, eps=None):
+    """A one-line ValueError unless `timesteps` is a strictly decreasing 1-D sequence of at
+    least two finite times in (0, T], ending at eps when one is given."""
+    ts = jnp.asarray(timesteps, jnp.float32)
+    if ts.ndim != 1 or ts.shape[0] < 2 or not bool(jnp.all(jnp.isfinite(ts))):
+        raise ValueError(f"timesteps must be a 1-D sequence of at least 2 finite times, got {timesteps!r}.")
+    if not (bool(jnp.all(jnp.diff(ts) < 0)) and float(ts[-1]) > 0 and float(ts[0]) <= sde.T * (1 + 1e-6)):
+        raise ValueError(f"timesteps must decrease strictly from at most T = {sde.T} to above 0, got {timesteps!r}.")
+    if eps is not None and not math.isclose(float(ts[-1]), float(eps), rel_tol=1e-5):
+        raise ValueError(f"timesteps end at {float(ts[-1])!r} but eps={eps!r}: give one or the other.")
+
+
 def _step_coeffs(sde, s, t):
     """(alpha_s, sigma_s), (alpha_t, sigma_t) and h = lambda_t - lambda_s."""
     return _coeffs(sde, s), _coeffs(sde, t), _lambda(sde, t) - _lambda(sde, s)
@@ -354,6 +383,7 @@ def dpm_solver_sample(
     spacing: str = "logSNR",
     plus: bool = True,
     lower_order_final: bool = True,
+    timesteps=None,
     z=None,
     constraint=None,
 ):
@@ -366,6 +396,7 @@ def dpm_solver_sample(
         at lower order) or "singlestep" (`order` evaluations per step).
       lower_order_final: multistep only, as DPM-Solver's code: with fewer than 10 steps
         the last steps drop to lower order, which stabilises very few-step sampling.
+      timesteps: `(M + 1,)` times from T down to eps instead of `spacing` (`sampling_grid`).
     z: latents at T instead of prior samples.
     constraint: see the module docstring; pinned after every step.
     Defaults are DPM-Solver++(2M) with 20 logSNR-uniform steps, as Lu et al. 2022b.
@@ -376,11 +407,9 @@ def dpm_solver_sample(
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}.")
     if method not in ("multistep", "singlestep"):
         raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}.")
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
-    eps = sde_lib.default_eps(sde) if eps is None else float(eps)
+    ts = sampling_grid(sde, num_steps, eps, spacing, timesteps)
     z = _initial(key, sde, shape, z)
-    x = _dpm_loop(sde, as_score_model(score_fn), z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint)
+    x = _dpm_loop(sde, as_score_model(score_fn), z, ts, order, method, plus, lower_order_final, constraint)
     return x, dpm_solver_nfe(num_steps, order, method)
 
 
@@ -399,9 +428,9 @@ def _multistep_orders(num_steps, order, lower_order_final):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("sde", "num_steps", "order", "method", "spacing", "plus", "lower_order_final"),
+    static_argnames=("sde", "order", "method", "plus", "lower_order_final"),
 )
-def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lower_order_final, constraint):
+def _dpm_loop(sde, score_fn, z, ts, order, method, plus, lower_order_final, constraint):
     predict = data_prediction if plus else noise_prediction
     if constraint is not None:
         score_fn = constraint.guide(sde, score_fn)
@@ -410,7 +439,7 @@ def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lo
     def model(x, t):
         return predict(sde, score_fn, x, t)
 
-    ts = time_grid(sde, num_steps, eps, spacing)
+    num_steps = ts.shape[0] - 1
     x = parallel.constrain_batch(z)
     if method == "singlestep":
 
@@ -440,10 +469,11 @@ def _dpm_loop(sde, score_fn, z, num_steps, eps, order, method, spacing, plus, lo
 
 
 def ddim_sample(
-    key, sde, score_fn, shape, num_steps: int = 50, eps: float | None = None, spacing="time_uniform", z=None,
-    constraint=None,
+    key, sde, score_fn, shape, num_steps: int = 50, eps: float | None = None, spacing="time_uniform", timesteps=None,
+    z=None, constraint=None,
 ):
     """Deterministic DDIM (eta = 0): DPM-Solver-1 on time-uniform steps (Song, Meng & Ermon 2021)."""
     return dpm_solver_sample(
-        key, sde, score_fn, shape, num_steps, eps, order=1, spacing=spacing, z=z, constraint=constraint
+        key, sde, score_fn, shape, num_steps, eps, order=1, spacing=spacing, timesteps=timesteps, z=z,
+        constraint=constraint,
     )

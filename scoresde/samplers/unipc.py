@@ -29,8 +29,8 @@ import jax.numpy as jnp
 
 from scoresde import parallel, sde_lib
 from scoresde.samplers.fast import (
-    SPACINGS, _check, _coeffs, _initial, _lambda, _multistep_orders, _pinner, _step_coeffs, data_prediction,
-    noise_prediction, time_grid,
+    _check, _coeffs, _initial, _lambda, _multistep_orders, _pinner, _step_coeffs, data_prediction,
+    noise_prediction, sampling_grid,
 )
 from scoresde.score import as_score_model
 
@@ -138,6 +138,7 @@ def unipc_sample(
     predict_x0: bool = True,
     lower_order_final: bool = True,
     corrector: bool = True,
+    timesteps=None,
     z=None,
     constraint=None,
 ):
@@ -155,6 +156,7 @@ def unipc_sample(
         as `fast.dpm_solver_sample` (the authors' code always lowers them; the rule here
         keeps the asymptotic order for M >= 10).
       corrector: UniC after every step but the last (False: UniP alone).
+      timesteps: `(M + 1,)` times from T down to eps instead of `spacing` (`fast.sampling_grid`).
     z: latents at T instead of prior samples.
     constraint: see `fast`; pinned after the predictor and after the corrector.
     Global order: UniC-k's local error is O(h^(k+2)), so UniPC-1 and UniPC-2 are of order
@@ -168,14 +170,11 @@ def unipc_sample(
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}.")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}.")
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown step spacing {spacing!r}; valid names: {', '.join(SPACINGS)}.")
-    eps = sde_lib.default_eps(sde) if eps is None else float(eps)
+    ts = sampling_grid(sde, num_steps, eps, spacing, timesteps)
     z = _initial(key, sde, shape, z)
     # order, variant and corrector only change the coefficient table: traced.
     flags = jnp.asarray(order), jnp.asarray(variant == "bh1"), jnp.asarray(bool(corrector))
-    x = _unipc_loop(sde, as_score_model(score_fn), z, num_steps, eps, *flags, spacing, bool(predict_x0),
-                    bool(lower_order_final), constraint)
+    x = _unipc_loop(sde, as_score_model(score_fn), z, ts, *flags, bool(predict_x0), bool(lower_order_final), constraint)
     return x, unipc_nfe(num_steps)
 
 
@@ -186,15 +185,14 @@ def unipc_nfe(num_steps: int, **_) -> int:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("sde", "num_steps", "spacing", "predict_x0", "lower_order_final"),
+    static_argnames=("sde", "predict_x0", "lower_order_final"),
 )
-def _unipc_loop(sde, score_fn, z, num_steps, eps, order, bh1, corrector, spacing, predict_x0, lower_order_final,
-                constraint):
+def _unipc_loop(sde, score_fn, z, ts, order, bh1, corrector, predict_x0, lower_order_final, constraint):
     predict = data_prediction if predict_x0 else noise_prediction
     if constraint is not None:
         score_fn = constraint.guide(sde, score_fn)
     pin = _pinner(constraint)
-    ts = time_grid(sde, num_steps, eps, spacing)
+    num_steps = ts.shape[0] - 1
     orders = jnp.asarray([_multistep_orders(num_steps, k, lower_order_final) for k in (1, 2, 3)])[order - 1]
     table = coefficient_table(sde, ts, orders, bh1, corrector, predict_x0)
 
