@@ -79,7 +79,11 @@ OURS = {
     "default": ("ours default: dopri5, sigma, max norm", dict(method="dopri5", time_variable="sigma", error_norm="max")),
     "log-snr": ("ours: tsit5, log-SNR, max norm", dict(method="tsit5", time_variable="log_snr", error_norm="max")),
     "bosh3": ("ours: bosh3, sigma, max norm", dict(method="bosh3", time_variable="sigma", error_norm="max")),
+    # Fixed steps, swept over --steps instead of the tolerances.
+    "dpm2m": ("ours: DPM-Solver-2M in log-SNR, fixed steps", dict(method="dpm_solver_2m")),
+    "dpm3m": ("ours: DPM-Solver-3M in log-SNR, fixed steps", dict(method="dpm_solver_3m")),
 }
+FIXED_STEP = ("dpm2m", "dpm3m")
 REFERENCE = "reference: scipy RK45 (host loop), t, rms norm"
 
 
@@ -137,29 +141,38 @@ def run_case(name, score, x, divergence, tols, args, key):
     dim = math.prod(x.shape[1:])
     probes = None if divergence == "exact" else jax.random.rademacher(key, (1, *x.shape), x.dtype)
     common = dict(divergence=divergence, eps=EPS)  # log_likelihood draws the same probes from `key`
-    (tight, _, ref_nfe), ref_wall = timed(lambda: log_likelihood(key, sde, score, x, rtol=args.ref_tol, atol=args.ref_tol, **common))
+    (tight, _, ref_nfe), ref_wall = timed(lambda: log_likelihood(
+        key, sde, score, x, rtol=args.ref_tol, atol=args.ref_tol, method="tsit5", time_variable="t", **common))
     tight = np.asarray(tight)
     print(f"[{name}] tight solve: {ref_nfe} NFE, {ref_wall:.1f} s", flush=True)
     rows = []
 
-    def record(label, tol, logp, nfe, wall):
+    def record(label, setting, logp, nfe, wall):
         err = np.abs(np.asarray(logp) - tight) / dim
-        row = dict(score=name, divergence=divergence, method=label, tol=tol, nfe=int(nfe), wall_s=wall,
+        row = dict(score=name, divergence=divergence, method=label, setting=setting, nfe=int(nfe), wall_s=wall,
                    err_mean=float(err.mean()), err_max=float(err.max()))
         rows.append(row)
-        print(f"[{name}] {label} tol {tol:.0e}: {nfe} NFE, {wall:.2f} s, error {row['err_mean']:.2e} nats/dim", flush=True)
+        print(f"[{name}] {label} {setting}: {nfe} NFE, {wall:.2f} s, error {row['err_mean']:.2e} nats/dim", flush=True)
 
-    for label, opts in (OURS[m] for m in args.methods.split(",")):
+    for method in args.methods.split(","):
+        label, opts = OURS[method]
+        if method in FIXED_STEP:
+            for steps in args.steps:
+                run = functools.partial(log_likelihood, key, sde, score, x, num_steps=steps, **common, **opts)
+                jax.block_until_ready(run())  # compile outside the timing (once per number of steps)
+                (logp, _, nfe), wall = timed(run)
+                record(label, f"{steps} steps", logp, nfe, wall)
+            continue
         run = lambda tol: log_likelihood(key, sde, score, x, rtol=tol, atol=tol, **common, **opts)
         jax.block_until_ready(run(tols[0]))  # compile once: the tolerances are traced
         for tol in tols:
             (logp, _, nfe), wall = timed(functools.partial(run, tol))
-            record(label, tol, logp, nfe, wall)
+            record(label, f"tol {tol:.0e}", logp, nfe, wall)
     rhs = reference_rhs(sde, score, probes)
     jax.block_until_ready(rhs(jnp.asarray(EPS, x.dtype), x))  # compile outside the timing
     for tol in tols:
         (logp, nfe), wall = timed(lambda: scipy_log_likelihood(sde, rhs, x, tol))
-        record(REFERENCE, tol, logp, nfe, wall)
+        record(REFERENCE, f"tol {tol:.0e}", logp, nfe, wall)
     return rows, dict(score=name, divergence=divergence, tight_nfe=int(ref_nfe), tight_tol=args.ref_tol, dim=dim, batch=x.shape[0])
 
 
@@ -209,7 +222,7 @@ def plot(rows, case, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for label in sorted({r["method"] for r in rows}, key=lambda m: m != REFERENCE):
-        pts = sorted((r["tol"], r["wall_s"], r["nfe"], r["err_mean"]) for r in rows if r["method"] == label)
+        pts = sorted((r["nfe"], r["wall_s"], r["nfe"], r["err_mean"]) for r in rows if r["method"] == label)
         style = dict(marker="o", lw=2.5 if label == REFERENCE else 1.2, color="black" if label == REFERENCE else None)
         axes[0].plot([p[1] for p in pts], [p[3] for p in pts], label=label, **style)
         axes[1].plot([p[2] for p in pts], [p[3] for p in pts], label=label, **style)
@@ -232,6 +245,8 @@ def main():
     parser.add_argument("--methods", default=",".join(OURS), help=f"ours to run, from: {', '.join(OURS)}")
     parser.add_argument("--tols", default="1e-2,3e-3,1e-3,3e-4,1e-4,1e-5")
     parser.add_argument("--cifar-tols", default="1e-2,1e-3,1e-4")
+    parser.add_argument("--steps", type=lambda v: [int(s) for s in v.split(",")], default=[8, 12, 16, 24, 32, 48, 64],
+                        help="the numbers of steps of the fixed-step methods")
     parser.add_argument("--ref-tol", type=float, default=1e-7)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--cifar-batch", type=int, default=4)
@@ -243,7 +258,7 @@ def main():
     tols = [float(t) for t in args.tols.split(",")]
     scores = args.scores.split(",")
     if args.tiny:
-        tols, scores, args.ref_tol, args.batch = [1e-2, 1e-3], ["gmm"], 1e-5, 4
+        tols, scores, args.ref_tol, args.batch, args.steps = [1e-2, 1e-3], ["gmm"], 1e-5, 4, [4, 8]
     key = jax.random.key(0)
     rows, cases = [], []
     for name in scores:
@@ -283,8 +298,8 @@ def write(args, rows, cases, machine_name):
     for case in cases:
         lines += [f"## {case['score']}, {case['divergence']} divergence (batch {case['batch']}, D = {case['dim']})\n",
                   f"![work-precision]({os.path.basename(case['plot'])})\n",
-                  "| method | tol | NFE | wall s | mean err (nats/dim) | max err |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['tol']:.0e} | {r['nfe']} | {r['wall_s']:.3f} | {r['err_mean']:.1e} | {r['err_max']:.1e} |"
+                  "| method | setting | NFE | wall s | mean err (nats/dim) | max err |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['setting']} | {r['nfe']} | {r['wall_s']:.3f} | {r['err_mean']:.1e} | {r['err_max']:.1e} |"
                   for r in rows if r["score"] == case["score"] and r["divergence"] == case["divergence"]]
         lines += ["", "| at error (nats/dim) | method | wall-time speed-up | NFE ratio |", "|---|---|---|---|"]
         fmt = lambda v: "" if v is None else f"{v:.2f}x"

@@ -107,6 +107,8 @@ SPLITS = ("train", "test", "eval", "validation")
 DIVERGENCES = ("rademacher", "gaussian", "exact")
 # The adaptive ones of scoresde.samplers.ode.METHODS, its TIME_VARIABLES and ERROR_NORMS, likewise.
 ADAPTIVE_METHODS = ("tsit5", "dopri5", "bosh3", "dopri8")
+# scoresde.likelihood.EXPONENTIAL_METHODS: fixed-step exponential integrators in log-SNR.
+EXPONENTIAL_METHODS = ("dpm_solver_2m", "dpm_solver_3m")
 TIME_VARIABLES = ("t", "log_snr", "sigma")
 ERROR_NORMS = ("max", "rms")
 
@@ -173,7 +175,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="Hutchinson probes (rademacher, gaussian) or the exact trace")
     p.add_argument("--rtol", type=_real(strict=True), default=1e-5, help="ODE tolerances (the reference's 1e-5)")
     p.add_argument("--atol", type=_real(strict=True), default=1e-5)
-    p.add_argument("--method", default="dopri5", choices=ADAPTIVE_METHODS, help="adaptive Runge-Kutta pair")
+    p.add_argument("--method", default="dopri5", choices=ADAPTIVE_METHODS + EXPONENTIAL_METHODS,
+                   help="adaptive Runge-Kutta pair, or a fixed-step exponential integrator in log-SNR (with --steps)")
+    p.add_argument("--steps", type=_positive_int(" (the steps of a fixed-step --method)"), default=None,
+                   help="steps of dpm_solver_2m / dpm_solver_3m (NFE = steps + 1)")
     p.add_argument("--time-variable", default="sigma", choices=TIME_VARIABLES,
                    help="solve in t, in sigma = sigma(t)/s(t), or in log sigma (minus the half log-SNR)")
     p.add_argument("--error-norm", default="max", choices=ERROR_NORMS,
@@ -364,9 +369,13 @@ def cmd_sample(args, overrides):
 def cmd_likelihood(args, overrides):
     from scoresde import experiment
 
+    if (args.method in EXPONENTIAL_METHODS) != (args.steps is not None):
+        raise SystemExit(f"scoresde: error: --steps goes with --method {' or '.join(EXPONENTIAL_METHODS)} "
+                         f"(fixed steps), and they need it; got --method {args.method} and --steps {args.steps}.")
+
     report, path = experiment.likelihood_report(
         args.workdir, args.split, passes=args.passes, batch=args.batch, limit=args.limit,
-        divergence=args.divergence, rtol=args.rtol, atol=args.atol, method=args.method,
+        divergence=args.divergence, rtol=args.rtol, atol=args.atol, method=args.method, num_steps=args.steps,
         time_variable=args.time_variable, error_norm=args.error_norm, seed=args.seed, out=args.out,
     )
     spread = report["bpd_stderr"]

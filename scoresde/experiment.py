@@ -1147,6 +1147,7 @@ def likelihood_report(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     method: str = "dopri5",
+    num_steps: int | None = None,
     time_variable: str = "sigma",
     error_norm: str = "max",
     seed: int = 0,
@@ -1176,10 +1177,10 @@ def likelihood_report(
     report = likelihood.evaluate_bpd(
         jax.random.PRNGKey(seed), sde, score, images, batch, num_bins=config.data.get("num_bins", 256),
         centered=config.data.centered, num_passes=passes, divergence=divergence, rtol=rtol, atol=atol,
-        method=method, time_variable=time_variable, error_norm=error_norm,
+        method=method, num_steps=num_steps, time_variable=time_variable, error_norm=error_norm,
     )
     report.update(split=split, step=step, divergence=divergence, rtol=rtol, atol=atol, method=method,
-                  time_variable=time_variable, error_norm=error_norm, workdir=workdir)
+                  num_steps=num_steps, time_variable=time_variable, error_norm=error_norm, workdir=workdir)
     if not all(math.isfinite(v) for v in [report["bpd"], *report["bpd_per_pass"]]):
         raise UserError(f"Non-finite bits/dim {report['bpd']} (per pass {report['bpd_per_pass']}): the model "
                         "or the ODE solve broke down; nothing was written.")

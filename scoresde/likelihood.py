@@ -7,6 +7,17 @@ instantaneous change of variables gives
 
 so one solve of the augmented ODE d/dt (x, delta) = (f~, div f~) from eps to T, on
 device through `samplers.ode.solve_ode`, gives logp = prior_logp(x(T)) + delta(T).
+
+Or, fixed-step, by an exponential integrator in the half-log-SNR lambda = log(alpha/sigma)
+(`method="dpm_solver_2m"` or `"dpm_solver_3m"`): with eps^(x, lambda) = -sigma score the
+noise prediction, the flow is dx/dlambda = (d log alpha/dlambda) x - sigma eps^, whose
+linear part DPM-Solver integrates exactly (`samplers.fast.dpm_multistep`, here from eps up
+to T), and whose divergence splits the same way:
+
+    logp = prior_logp(x(T)) + D log(alpha_T / alpha_eps) - int_{lambda_eps}^{lambda_T} sigma div eps^ dlambda.
+
+The integral is a quadrature over the step points themselves (`quadrature_weights`: cubic
+through the nearest four), where each evaluation of eps^ also gives div eps^.
 The divergence is exact (the Jacobian's trace, D Jacobian-vector products) or the
 Skilling--Hutchinson estimate E_v[v^T (d f~/dx) v], v Rademacher or Gaussian, with
 the probes drawn once and held fixed for the whole solve.
@@ -36,11 +47,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from scoresde import parallel, sde_lib
-from scoresde.samplers import ode
+from scoresde.samplers import fast, ode
 from scoresde.samplers.registry import check_numbers
 from scoresde.score import as_score_model
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
+# Fixed-step exponential integrators in lambda (module docstring): name -> multistep order.
+EXPONENTIAL_METHODS = {"dpm_solver_2m": 2, "dpm_solver_3m": 3}
+_GAUSS_LEGENDRE_3 = np.polynomial.legendre.leggauss(3)
 
 
 def _flat(x):
@@ -64,6 +78,26 @@ def drift_and_divergence(fn, x, probes=None):
         return _flat(jvp(jnp.broadcast_to(jnp.reshape(basis, x.shape[1:]), x.shape)))[:, i]
 
     return fx, jnp.sum(jax.lax.map(diagonal_entry, jnp.arange(dim)), axis=0)
+
+
+def quadrature_weights(nodes) -> np.ndarray:
+    """w `(M + 1,)` with sum_i w_i g(nodes_i) = int_{nodes_0}^{nodes_M} g (signed: negative for
+    decreasing nodes), for monotone nodes `(M + 1,)`: on each interval, the integral of the
+    polynomial through the (up to) four nearest nodes, by 3-point Gauss-Legendre (exact for
+    cubics). Fourth order in the spacing."""
+    nodes = np.asarray(nodes, np.float64)
+    num = nodes.shape[0]
+    weights = np.zeros(num)
+    points, gauss_weights = _GAUSS_LEGENDRE_3
+    for i in range(num - 1):
+        a, b = nodes[i], nodes[i + 1]
+        first = min(max(i - 1, 0), max(num - 4, 0))
+        near = range(first, min(first + 4, num))
+        u, du = (a + b) / 2 + (b - a) / 2 * points, (b - a) / 2 * gauss_weights
+        for j in near:
+            basis = np.prod([(u - nodes[k]) / (nodes[j] - nodes[k]) for k in near if k != j], axis=0)
+            weights[j] += np.sum(du * basis)
+    return weights
 
 
 def _probes(key, divergence, num_probes, shape, dtype):
@@ -102,6 +136,9 @@ def log_likelihood(
         digits U-Net (experiments/results/bench_likelihood_digits.md).
       error_norm: "max" binds every example's delta log p (see `ode.ERROR_NORMS`);
         "rms" is the reference's (scipy's) norm over the whole flattened state.
+      method: an `ode.METHODS` name, or "dpm_solver_2m" / "dpm_solver_3m": `num_steps`
+        exponential multistep steps uniform in lambda (module docstring), num_steps + 1
+        evaluations; time_variable, error_norm, rtol and atol do not apply to them.
     Returns:
       (logp `(B,)`, z `(B, ...)` the latent at T, nfe the number of ODE right-hand-side
       evaluations; each costs one score evaluation plus its JVPs).
@@ -114,12 +151,28 @@ def log_likelihood(
         raise ValueError(f"Unknown time variable {time_variable!r}; valid names: {', '.join(ode.TIME_VARIABLES)}.")
     if error_norm not in ode.ERROR_NORMS:
         raise ValueError(f"Unknown error norm {error_norm!r}; valid names: {', '.join(ode.ERROR_NORMS)}.")
-    ode.check_method(method, num_steps)
+    if method in EXPONENTIAL_METHODS:
+        if not (isinstance(num_steps, int) and num_steps >= 1):
+            raise ValueError(f"The fixed-step method {method!r} needs num_steps, an integer >= 1; got {num_steps!r}.")
+    else:
+        try:
+            ode.check_method(method, num_steps)
+        except ValueError as err:
+            raise ValueError(f"{err} Or an exponential integrator: {', '.join(EXPONENTIAL_METHODS)}.") from None
     check_numbers("log_likelihood's", rtol=rtol, atol=atol, max_steps=max_steps, eps=eps)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}.")
     parallel.check_divisible(x.shape[0])
     x = parallel.shard_batch(x)
+    if method in EXPONENTIAL_METHODS:
+        ts = fast.time_grid(sde, num_steps, eps, "logSNR")[::-1]  # eps up to T
+        lambdas = np.asarray(jax.vmap(functools.partial(fast._lambda, sde))(ts), np.float64)
+        weights = jnp.asarray(quadrature_weights(lambdas), x.dtype)
+        logp, z = _exponential_log_likelihood(
+            key, sde, as_score_model(score_fn), x, ts.astype(x.dtype), weights, divergence, num_probes,
+            EXPONENTIAL_METHODS[method],
+        )
+        return logp, z, num_steps + 1
     logp, z, nfe, ok = _log_likelihood(
         key, sde, as_score_model(score_fn), x, divergence, num_probes, method, rtol, atol, eps, num_steps, max_steps,
         time_variable, error_norm,
@@ -149,6 +202,34 @@ def _log_likelihood(
     z = flow.to_x(y, T)
     dim = math.prod(x.shape[1:])
     return sde.prior_logp(z) + delta - dim * flow.log_det(eps, T), z, nfe, ok
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "divergence", "num_probes", "order"))
+def _exponential_log_likelihood(key, sde, score_fn, x, ts, weights, divergence, num_probes, order):
+    """logp `(B,)` and z by DPM-Solver-`order`M on the grid ts `(M + 1,)` from eps up to T
+    and the quadrature `weights` of the lambda integral (module docstring)."""
+    probes = None if divergence == "exact" else _probes(key, divergence, num_probes, x.shape, x.dtype)
+
+    def evaluate(x, t):  # eps^(x, t) `(B, ...)` and its divergence `(B,)`
+        return drift_and_divergence(lambda y: fast.noise_prediction(sde, score_fn, y, t), x, probes)
+
+    num_steps = ts.shape[0] - 1
+    orders = jnp.asarray([min(order, i + 1) for i in range(num_steps)])
+    updates = [functools.partial(fast.dpm_multistep, sde, order=k) for k in (1, 2, 3)]
+
+    def step(carry, i):
+        x, times, ms = carry  # the last three grid times and their predictions, newest last
+        m, div = evaluate(x, ts[i])
+        times, ms = (times[1], times[2], ts[i]), (ms[1], ms[2], m)
+        return (jax.lax.switch(orders[i] - 1, updates, x, (*times, ts[i + 1]), ms), times, ms), div
+
+    zeros = jnp.zeros_like(x)
+    (z, _, _), divs = jax.lax.scan(step, (x, (ts[0],) * 3, (zeros,) * 3), jnp.arange(num_steps))
+    divs = jnp.concatenate([divs, evaluate(z, ts[-1])[1][None]])  # (M + 1, B)
+    alphas, sigmas = sde.marginal_coeffs(ts)
+    integral = jnp.sum((weights * sigmas)[:, None] * divs, axis=0)
+    dim = math.prod(x.shape[1:])
+    return sde.prior_logp(z) + dim * (jnp.log(alphas[-1]) - jnp.log(alphas[0])) - integral, z
 
 
 def dequantize(key, x, num_bins: int = 256, centered: bool = False):

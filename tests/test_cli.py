@@ -208,6 +208,19 @@ def test_likelihood_bad_arguments_are_user_errors(digits_workdir, quick_load, se
     assert "images" not in seen_by_likelihood
 
 
+def test_likelihood_exponential_integrator(digits_workdir, capsys):
+    """--method dpm_solver_2m --steps 12: 13 evaluations per batch, the setting in the report;
+    without --steps a one-line error before any evaluation."""
+    out = os.path.join(digits_workdir, "eval", "bpd_dpm.json")
+    run("likelihood", "--workdir", digits_workdir, "--limit", "4", "--passes", "1", "--method", "dpm_solver_2m",
+        "--steps", "12", "--out", out)
+    report = json.load(open(out))
+    assert (report["method"], report["num_steps"], report["mean_nfe_per_batch"]) == ("dpm_solver_2m", 12, 13.0)
+    assert np.isfinite(report["bpd"]) and report["bpd"] > 0
+    assert "--steps goes with" in error_of("likelihood", "--workdir", digits_workdir, "--method", "dpm_solver_3m")
+    assert "--steps goes with" in error_of("likelihood", "--workdir", digits_workdir, "--steps", "8")
+
+
 def test_likelihood_choices_are_the_libraries():
     from scoresde import likelihood
     from scoresde.samplers import ode
@@ -215,6 +228,7 @@ def test_likelihood_choices_are_the_libraries():
     assert cli.DIVERGENCES == likelihood.DIVERGENCES
     assert cli.ADAPTIVE_METHODS == tuple(name for name, spec in ode.METHODS.items() if spec.adaptive)
     assert cli.TIME_VARIABLES == ode.TIME_VARIABLES and cli.ERROR_NORMS == tuple(ode.ERROR_NORMS)
+    assert cli.EXPONENTIAL_METHODS == tuple(likelihood.EXPONENTIAL_METHODS)
 
 
 def test_likelihood_of_one_example_writes_strict_json(digits_workdir, quick_load, monkeypatch, capsys):
