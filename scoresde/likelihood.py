@@ -8,7 +8,11 @@ instantaneous change of variables gives
 so one solve of the augmented ODE d/dt (x, delta) = (f~, div f~) from eps to T, on
 device through `samplers.ode.solve_ode`, gives logp = prior_logp(x(T)) + delta(T).
 
-Or, fixed-step, by an exponential integrator in the half-log-SNR lambda = log(alpha/sigma)
+The divergence is exact (the Jacobian's trace, D Jacobian-vector products) or the
+Skilling--Hutchinson estimate E_v[v^T (d f~/dx) v], v Rademacher or Gaussian, with
+the probes drawn once and held fixed for the whole solve.
+
+Instead of that solve, a fixed-step exponential integrator in the half-log-SNR lambda = log(alpha/sigma)
 (`method="dpm_solver_2m"` or `"dpm_solver_3m"`): with eps^(x, lambda) = -sigma score the
 noise prediction, the flow is dx/dlambda = (d log alpha/dlambda) x - sigma eps^, whose
 linear part DPM-Solver integrates exactly (`samplers.fast.dpm_multistep`, here from eps up
@@ -18,9 +22,6 @@ to T), and whose divergence splits the same way:
 
 The integral is a quadrature over the step points themselves (`quadrature_weights`: cubic
 through the nearest four), where each evaluation of eps^ also gives div eps^.
-The divergence is exact (the Jacobian's trace, D Jacobian-vector products) or the
-Skilling--Hutchinson estimate E_v[v^T (d f~/dx) v], v Rademacher or Gaussian, with
-the probes drawn once and held fixed for the whole solve.
 
 Bits per dimension (the convention of Song et al. and of the likelihood tables in the
 literature). Discrete data with K levels per dimension, stored as k/(K - 1) in [0, 1],
