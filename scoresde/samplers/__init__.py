@@ -7,6 +7,6 @@ from scoresde.samplers.fast import ddim_sample, dpm_solver_sample, edm_sample
 from scoresde.samplers.unipc import unipc_sample
 from scoresde.samplers.adaptive_sde import SDESolveError, adaptive_sde_sample
 from scoresde.samplers.registry import SAMPLERS, Sampler, check_options, get_sampler, num_steps_for_nfe, sample, sampler_options
-from scoresde.samplers import cascade, operators
+from scoresde.samplers import cascade, operators, timesteps
 from scoresde.samplers.imputation import (COLOR_BASIS, Imputation, colorize, inpaint, inverse_score_fn,
                                            observation_score_fn, solve_inverse, super_resolve)
