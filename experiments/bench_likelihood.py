@@ -15,7 +15,8 @@ see `ode.FlowCoordinates`), versus wall time and versus NFE. The speed-up at equ
 is read off the Pareto fronts by log-log interpolation, at 1e-2 and 1e-3 nats/dim.
 
 Scores: the exact 16-D Gaussian-mixture score (exact divergence and Hutchinson), a
-trained digits U-Net (`--workdir`, e.g. the quick start's; Hutchinson), and a CIFAR-sized
+trained digits U-Net (`--workdir`, e.g. the quick start's; Hutchinson) at dequantized test
+digits, and (`digits-samples`) at its own samples, and a CIFAR-sized
 DDPM++ (nf = 32, 32x32x3, untrained with its zero-initialized output layers given random
 weights, a timing case; Hutchinson).
 
@@ -102,6 +103,15 @@ def digits_case(workdir, batch, key):
     config, sde, score, _ = experiment.load_score_fn(workdir)
     images = np.concatenate(list(experiment.eval_images(config, "test", batch)))[:batch]
     return score, likelihood.dequantize(key, jnp.asarray(images), config.data.get("num_bins", 256), config.data.centered)
+
+
+def digits_samples_case(workdir, batch, key):
+    """The digits U-Net at its own samples (DPM-Solver++, 50 steps, to eps) instead of dequantized test digits."""
+    from scoresde import samplers
+
+    config, sde, score, _ = experiment.load_score_fn(workdir)
+    x, _ = samplers.sample(key, sde, score, (batch, *experiment.data_shape(config)), "dpm_solver++", num_steps=50, eps=EPS)
+    return score, x
 
 
 def cifar_case(batch, key, nf=32, image_size=32):
@@ -269,11 +279,14 @@ def main():
         elif name == "digits":
             score, x = digits_case(args.workdir, args.batch, key)
             work, score_tols = [(f"digits U-Net ({args.workdir})", "rademacher")], tols
+        elif name == "digits-samples":
+            score, x = digits_samples_case(args.workdir, args.batch, key)
+            work, score_tols = [(f"digits U-Net ({args.workdir}) at its own samples", "rademacher")], tols
         elif name == "cifar":
             score, x = cifar_case(args.cifar_batch, key)
             work, score_tols = [("DDPM++ nf=32, 32x32x3 (timing)", "rademacher")], [float(t) for t in args.cifar_tols.split(",")]
         else:
-            raise SystemExit(f"Unknown score {name!r}: gmm, digits or cifar.")
+            raise SystemExit(f"Unknown score {name!r}: gmm, digits, digits-samples or cifar.")
         for label, divergence in work:
             case_rows, case = run_case(label, score, x, divergence, score_tols, args, key)
             case["speedups"] = speedups(case_rows)
