@@ -96,17 +96,17 @@ def optimize_timesteps(
     run = functools.partial(registry.get_sampler(sampler).fn, None, sde, shape=tuple(shape), num_steps=num_steps,
                             eps=None, **options)
 
-    def loss(theta, score_fn):
+    def loss(theta, score_fn, z, x_ref):  # all traced: the network's parameters, latents and targets
         x, _ = run(score_fn, timesteps=grid_from_logits(sde, theta, eps), z=z)
         return jnp.mean(jnp.sqrt(jnp.mean((x - x_ref) ** 2, axis=tuple(range(1, x.ndim)))))
 
     optimizer = optax.adam(learning_rate)
 
     @functools.partial(jax.jit, static_argnums=2)
-    def fit(theta, state, chunk, score_fn):
+    def fit(theta, state, chunk, score_fn, z, x_ref):
         def step(carry, _):
             theta, state = carry
-            value, grad = jax.value_and_grad(loss)(theta, score_fn)
+            value, grad = jax.value_and_grad(loss)(theta, score_fn, z, x_ref)
             updates, state = optimizer.update(grad, state)
             return (optax.apply_updates(theta, updates), state), value
 
@@ -115,17 +115,17 @@ def optimize_timesteps(
 
     theta = logits_of_grid(sde, start)
     state = optimizer.init(theta)
-    before = float(loss(theta, score_fn))
+    before = float(loss(theta, score_fn, z, x_ref))
     best, best_loss = theta, before
     with tqdm(total=iterations, desc="timesteps", disable=not progress) as bar:
         done = 0
         while done < iterations:
             chunk = min(25, iterations - done)
-            new, state, values = fit(theta, state, chunk, score_fn)
+            new, state, values = fit(theta, state, chunk, score_fn, z, x_ref)
             if not bool(jnp.all(jnp.isfinite(values))):
                 break
             theta, done = new, done + chunk
-            value = float(loss(theta, score_fn))
+            value = float(loss(theta, score_fn, z, x_ref))
             if value < best_loss:
                 best, best_loss = theta, value
             bar.set_postfix(loss=f"{value:.3g}")
