@@ -24,7 +24,6 @@ calibration latents other than the evaluation's:
       --nfes 6,8,10,12 --learn-timesteps 512 --samplers 'dpm_solver++_3m:{"plus": false, "spacing": "karras"}' \
       'unipc:{"spacing": "karras"}' 'dpm_solver++:{"spacing": "karras"}' ode
 
-
 Writes <out>/ablate_defaults.{csv,md,png} and <out>/ablate_nfe.{csv,md,png}.
 """
 
