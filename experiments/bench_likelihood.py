@@ -232,10 +232,10 @@ def plot(rows, case, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for label in sorted({r["method"] for r in rows}, key=lambda m: m != REFERENCE):
-        pts = sorted((r["nfe"], r["wall_s"], r["nfe"], r["err_mean"]) for r in rows if r["method"] == label)
+        pts = sorted((r["nfe"], r["wall_s"], r["err_mean"]) for r in rows if r["method"] == label)
         style = dict(marker="o", lw=2.5 if label == REFERENCE else 1.2, color="black" if label == REFERENCE else None)
-        axes[0].plot([p[1] for p in pts], [p[3] for p in pts], label=label, **style)
-        axes[1].plot([p[2] for p in pts], [p[3] for p in pts], label=label, **style)
+        axes[0].plot([p[1] for p in pts], [p[2] for p in pts], label=label, **style)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], label=label, **style)
     for ax, xlabel in zip(axes, ["wall time (s)", "NFE"]):
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="mean |log p error| (nats/dim)")
         for target in TARGET_ERRORS:

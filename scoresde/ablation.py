@@ -150,6 +150,9 @@ def run_grid(
     B calibration latents drawn with `fold_in(key, 1)`, not the evaluation's) as well: a
     second row that says `"timesteps": "learnt"` and gives the grid (its fit is not in `wall_s`).
     """
+    if learn_timesteps is not None and (isinstance(learn_timesteps, bool) or not isinstance(learn_timesteps, int)
+                                        or learn_timesteps < 1):
+        raise ValueError(f"learn_timesteps must be None or an integer >= 1 (calibration latents), got {learn_timesteps!r}.")
     rows = []
     jobs = [(name, opts, nfe) for name, opts in configs for nfe in nfes]
     for name, opts, nfe in tqdm(jobs, desc="ablation", disable=not progress):
@@ -165,7 +168,7 @@ def run_grid(
         if row is None:
             continue
         rows.append(row)
-        if learn_timesteps and "num_steps" in opts and "timesteps" in registry.sampler_options(name):
+        if learn_timesteps is not None and "num_steps" in opts and "timesteps" in registry.sampler_options(name):
             grid, _ = optimize_timesteps(jax.random.fold_in(key, 1), sde, score_fn, (learn_timesteps, *shape[1:]), name,
                                          progress=False, **opts)
             row = _run_one(key, sde, score_fn, shape, name, {**opts, "timesteps": grid.tolist()}, quality,

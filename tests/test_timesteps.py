@@ -72,6 +72,8 @@ def test_unipc_and_karras_start():
         (dict(sampler="edm_heun"), "no timesteps option.*dpm_solver"),
         (dict(sampler="dpm_solver++", iterations=0), "iterations must be an integer >= 1"),
         (dict(sampler="dpm_solver++", learning_rate=-1.0), "learning_rate"),
+        (dict(sampler="dpm_solver++", learning_rate=float("nan")), "learning_rate"),
+        (dict(sampler="dpm_solver++", iterations=True), "iterations must be an integer >= 1"),
         (dict(sampler="dpm_solver++", order=5), "order must be 1, 2 or 3"),
         (dict(sampler="dpm_solver++", spacing="linear"), "Unknown step spacing"),
         (dict(sampler="dpm_solver++", teacher="nope"), "Unknown sampler 'nope'"),
@@ -97,6 +99,23 @@ def test_optimize_errors(kwargs, match):
 def test_timesteps_option_errors(timesteps, options, match):
     with pytest.raises(ValueError, match=match):
         registry.sample(jax.random.key(0), SDE, SCORE, (8, 2), "dpm_solver++", timesteps=timesteps, **options)
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True])
+def test_run_grid_rejects_bad_calibration_sizes(bad):
+    with pytest.raises(ValueError, match="learn_timesteps must be None or an integer >= 1"):
+        ablation.run_grid(jax.random.key(0), SDE, SCORE, (8, 2), [("ddim", {})], lambda x: {}, nfes=[4],
+                          learn_timesteps=bad)
+
+
+def test_direct_calls_check_the_grid():
+    """The samplers' own check (without the registry's): decreasing, finite, within (0, T]."""
+    for bad in ([1.0, 0.5, 0.6, 0.001], [1.0, float("inf"), 0.001], [[1.0, 0.5]], [1.0]):
+        with pytest.raises(ValueError, match="strictly decreasing 1-D sequence"):
+            fast.check_timesteps(SDE, bad)
+    with pytest.raises(ValueError, match="at most T = 1"):
+        fast.dpm_solver_sample(jax.random.key(0), SDE, SCORE, (8, 2), num_steps=2, timesteps=[1.5, 0.5, 0.001])
+    fast.check_timesteps(SDE, [1.0, 0.5, 0.001], eps=0.001)
 
 
 def test_given_timesteps_are_the_grid():

@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scoresde import parallel, sde_lib
 from scoresde.score import as_score_model
@@ -215,14 +216,25 @@ def sampling_grid(sde, num_steps, eps, spacing="logSNR", timesteps=None):
     return ts
 
 
+def is_decreasing_grid(values) -> bool:
+    """Whether `values` is a strictly decreasing 1-D sequence of at least two finite times > 0
+    (the check of a `timesteps` option that needs no SDE; `check_timesteps` adds T and eps)."""
+    try:
+        ts = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return ts.ndim == 1 and ts.shape[0] >= 2 and bool(np.all(np.isfinite(ts)) and np.all(np.diff(ts) < 0) and ts[-1] > 0)
+
+
 def check_timesteps(sde, timesteps, eps=None):
     """A one-line ValueError unless `timesteps` is a strictly decreasing 1-D sequence of at
     least two finite times in (0, T], ending at eps when one is given."""
-    ts = jnp.asarray(timesteps, jnp.float32)
-    if ts.ndim != 1 or ts.shape[0] < 2 or not bool(jnp.all(jnp.isfinite(ts))):
-        raise ValueError(f"timesteps must be a 1-D sequence of at least 2 finite times, got {timesteps!r}.")
-    if not (bool(jnp.all(jnp.diff(ts) < 0)) and float(ts[-1]) > 0 and float(ts[0]) <= sde.T * (1 + 1e-6)):
-        raise ValueError(f"timesteps must decrease strictly from at most T = {sde.T} to above 0, got {timesteps!r}.")
+    if not is_decreasing_grid(timesteps):
+        raise ValueError(f"timesteps must be a strictly decreasing 1-D sequence of at least 2 finite times > 0, "
+                         f"got {timesteps!r}.")
+    ts = np.asarray(timesteps, dtype=float)
+    if ts[0] > sde.T * (1 + 1e-6):
+        raise ValueError(f"timesteps must begin at most T = {sde.T} (the SDE's end time), got {timesteps!r}.")
     if eps is not None and not math.isclose(float(ts[-1]), float(eps), rel_tol=1e-5):
         raise ValueError(f"timesteps end at {float(ts[-1])!r} but eps={eps!r}: give one or the other.")
 

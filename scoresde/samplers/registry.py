@@ -15,8 +15,6 @@ import inspect
 import math
 from typing import Callable
 
-import numpy as np
-
 from scoresde.samplers import adaptive_sde, fast, ode, pc, unipc
 from scoresde.samplers.adaptive_sde import adaptive_sde_sample
 from scoresde.samplers.fast import ddim_sample, dpm_solver_sample, edm_sample
@@ -104,14 +102,6 @@ def _number(value, integer=False):
     return math.isfinite(value)
 
 
-def _decreasing(values):
-    try:
-        ts = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        return False
-    return ts.ndim == 1 and ts.shape[0] >= 2 and bool(np.all(np.isfinite(ts)) and np.all(np.diff(ts) < 0) and ts[-1] > 0)
-
-
 # The range of every numeric option of any sampler, and UniPC's variant: (test, what the value must be).
 _RANGES = {
     "num_steps": (lambda v: v is None or (_number(v, True) and v >= 1), "an integer >= 1"),
@@ -131,7 +121,7 @@ _RANGES = {
     "S_max": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0 (inf allowed)"),
     "S_noise": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
     "variant": (lambda v: v in unipc.VARIANTS, "'bh1' or 'bh2'"),
-    "timesteps": (lambda v: v is None or _decreasing(v), "None or a strictly decreasing sequence of >= 2 finite times > 0"),
+    "timesteps": (lambda v: v is None or fast.is_decreasing_grid(v), "None or a strictly decreasing sequence of >= 2 finite times > 0"),
     "brownian": (lambda v: v in adaptive_sde.BROWNIAN, "'memory' or 'redraw'"),
 }
 

@@ -84,9 +84,9 @@ def optimize_timesteps(
     start = fast.sampling_grid(sde, num_steps, eps, spacing)
     registry.check_options(sampler, {**options, "num_steps": num_steps, "eps": eps, "timesteps": np.asarray(start)})
     options["spacing"] = spacing
-    if not (isinstance(iterations, int) and iterations >= 1):
+    if not (registry._number(iterations, integer=True) and iterations >= 1):
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}.")
-    if not (isinstance(learning_rate, (int, float)) and 0 < learning_rate < float("inf")):
+    if not (registry._number(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}.")
     teacher_options = dict(teacher_options or {})
     registry.check_options(teacher, teacher_options)
