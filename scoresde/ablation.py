@@ -148,7 +148,8 @@ def run_grid(
     `learn_timesteps` = B, samplers with a `timesteps` option run at each NFE budget on a
     grid fitted to the score from their `spacing` (`samplers.timesteps.optimize_timesteps`,
     B calibration latents drawn with `fold_in(key, 1)`, not the evaluation's) as well: a
-    second row that says `"timesteps": "learnt"` and gives the grid (its fit is not in `wall_s`).
+    second row that says `"timesteps": "learnt"` and gives the grid and the seconds its fit took,
+    `fit_s` (compilation included; not in `wall_s`).
     """
     if learn_timesteps is not None and (isinstance(learn_timesteps, bool) or not isinstance(learn_timesteps, int)
                                         or learn_timesteps < 1):
@@ -169,12 +170,15 @@ def run_grid(
             continue
         rows.append(row)
         if learn_timesteps is not None and "num_steps" in opts and "timesteps" in registry.sampler_options(name):
+            start = time.perf_counter()
             grid, _ = optimize_timesteps(jax.random.fold_in(key, 1), sde, score_fn, (learn_timesteps, *shape[1:]), name,
                                          progress=False, **opts)
+            fit_s = time.perf_counter() - start
             row = _run_one(key, sde, score_fn, shape, name, {**opts, "timesteps": grid.tolist()}, quality,
                            time_repeats, bare_score_seconds)
             row["options"] = json.dumps({**opts, "timesteps": "learnt"}, sort_keys=True)
             row["timesteps"] = json.dumps([float(f"{t:.6g}") for t in grid])  # as `--option timesteps=...` takes it
+            row["fit_s"] = fit_s
             rows.append(row)
     return rows
 
