@@ -11,7 +11,7 @@ Each run is trained (or resumed; a finished run is skipped) through
   best of a few deterministic samplers at each budget (`ablation.ablate_workdir`: all
   samplers start from the same latents);
 - bits/dim of the test split (`experiment.likelihood_report`: 1 dequantization pass,
-  probability-flow ODE at rtol = atol = 1e-3, Hutchinson-Rademacher divergence).
+  probability-flow ODE by dopri5 in sigma at rtol = atol = 1e-3, Hutchinson-Rademacher divergence).
 
     python experiments/ablate_objectives.py [--steps 2000] [--num 1024] [--runs runs/objectives]
                                             [--configs digits_vp,digits_edm,digits_fm] [--out experiments/results]
@@ -66,7 +66,7 @@ def evaluate_run(name: str, workdir: str, samplers, nfes, num: int, bpd_limit: i
     for budget in nfes:
         result = ablation.ablate_workdir(workdir, samplers, (budget,), num=num)
         rows += [{"config": name, "objective": LABELS.get(name, name), "nfe_budget": budget, **row} for row in result.rows]
-    bpd = experiment.likelihood_report(workdir, passes=1, rtol=1e-3, atol=1e-3, limit=bpd_limit)
+    bpd = experiment.likelihood_report(workdir, passes=1, method="dopri5", rtol=1e-3, atol=1e-3, limit=bpd_limit)
     if isinstance(bpd, tuple):  # (report, path of its JSON) where likelihood_report also writes it
         bpd = bpd[0]
     return rows, bpd

@@ -173,16 +173,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int(), default=None, help="use only the first N examples")
     p.add_argument("--divergence", default="rademacher", choices=DIVERGENCES,
                    help="Hutchinson probes (rademacher, gaussian) or the exact trace")
-    p.add_argument("--rtol", type=_real(strict=True), default=1e-5, help="ODE tolerances (the reference's 1e-5)")
-    p.add_argument("--atol", type=_real(strict=True), default=1e-5)
-    p.add_argument("--method", default="dopri5", choices=ADAPTIVE_METHODS + EXPONENTIAL_METHODS,
-                   help="adaptive Runge-Kutta pair, or a fixed-step exponential integrator in log-SNR (with --steps)")
+    p.add_argument("--method", default=None, choices=ADAPTIVE_METHODS + EXPONENTIAL_METHODS,
+                   help="a fixed-step exponential integrator in log-SNR (default dpm_solver_3m, 256 steps), or an "
+                        "adaptive Runge-Kutta pair (with --rtol, --atol)")
     p.add_argument("--steps", type=_positive_int(" (the steps of a fixed-step --method)"), default=None,
-                   help="steps of dpm_solver_2m / dpm_solver_3m (NFE = steps + 1)")
-    p.add_argument("--time-variable", default="sigma", choices=TIME_VARIABLES,
-                   help="solve in t, in sigma = sigma(t)/s(t), or in log sigma (minus the half log-SNR)")
-    p.add_argument("--error-norm", default="max", choices=ERROR_NORMS,
-                   help="max: binds every example's log p; rms: the reference's norm over the whole state")
+                   help="steps of dpm_solver_2m / dpm_solver_3m (NFE = steps + 1; default 256)")
+    p.add_argument("--rtol", type=_real(strict=True), default=None,
+                   help="an adaptive --method's tolerances (default: the reference's 1e-5)")
+    p.add_argument("--atol", type=_real(strict=True), default=None)
+    p.add_argument("--time-variable", default=None, choices=TIME_VARIABLES,
+                   help="an adaptive --method's variable: t, sigma = sigma(t)/s(t) (default), or log sigma")
+    p.add_argument("--error-norm", default=None, choices=ERROR_NORMS,
+                   help="an adaptive --method's norm: max (default) binds every example's log p; rms: the "
+                        "reference's norm over the whole state")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default=None, help="report .json (default: <workdir>/eval/bpd_<split>_step<step>.json)")
 
@@ -368,10 +371,6 @@ def cmd_sample(args, overrides):
 
 def cmd_likelihood(args, overrides):
     from scoresde import experiment
-
-    if (args.method in EXPONENTIAL_METHODS) != (args.steps is not None):
-        raise SystemExit(f"scoresde: error: --steps goes with --method {' or '.join(EXPONENTIAL_METHODS)} "
-                         f"(fixed steps), and they need it; got --method {args.method} and --steps {args.steps}.")
 
     report, path = experiment.likelihood_report(
         args.workdir, args.split, passes=args.passes, batch=args.batch, limit=args.limit,

@@ -1144,12 +1144,12 @@ def likelihood_report(
     batch: int | None = None,
     limit: int | None = None,
     divergence: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "dopri5",
+    method: str | None = None,
     num_steps: int | None = None,
-    time_variable: str = "sigma",
-    error_norm: str = "max",
+    rtol: float | None = None,
+    atol: float | None = None,
+    time_variable: str | None = None,
+    error_norm: str | None = None,
     seed: int = 0,
     out: str | None = None,
 ) -> tuple[dict, str]:
@@ -1157,10 +1157,28 @@ def likelihood_report(
     (`likelihood.evaluate_bpd`, `passes` dequantization passes, batches of `batch`, default
     eval.batch_size; only the first `limit` examples with a limit), written as JSON to `out`
     (default `<workdir>/eval/bpd_<split>_step<step>.json`; its folder is checked writable
-    first). The solver settings go to `likelihood.log_likelihood`. Returns the report, with
-    the split, step and every setting, and the path written."""
+    first). The solver settings go to `likelihood.log_likelihood`: by default
+    `likelihood.REPORT_METHOD` with `REPORT_STEPS` steps; an adaptive method's defaults are
+    rtol = atol = 1e-5 (the reference's) in sigma with the max norm. `num_steps` goes with
+    the fixed-step methods only, the tolerances, time variable and error norm with the
+    adaptive ones only. Returns the report, with the split, step and every setting, and the
+    path written."""
     from scoresde import likelihood, reporting
 
+    method = method or likelihood.REPORT_METHOD
+    adaptive = dict(rtol=rtol, atol=atol, time_variable=time_variable, error_norm=error_norm)
+    if method in likelihood.EXPONENTIAL_METHODS:
+        if given := [name for name, value in adaptive.items() if value is not None]:
+            raise UserError(f"{', '.join(given)} set an adaptive method's solve; the fixed-step {method} takes a number "
+                            f"of steps (default {likelihood.REPORT_STEPS}). For tolerances choose an adaptive method, "
+                            "e.g. dopri5.")
+        solver = dict(method=method, num_steps=likelihood.REPORT_STEPS if num_steps is None else num_steps)
+    elif num_steps is not None:
+        raise UserError(f"A number of steps goes with the fixed-step methods ({', '.join(likelihood.EXPONENTIAL_METHODS)}); "
+                        f"{method} is adaptive and takes tolerances.")
+    else:
+        defaults = dict(rtol=1e-5, atol=1e-5, time_variable="sigma", error_norm="max")
+        solver = dict(method=method, **{k: defaults[k] if v is None else v for k, v in adaptive.items()})
     if latent_space(load_config(workdir)):
         raise UserError("likelihood reports bits/dim of pixels; this model's density is over an autoencoder's "
                         "latents (data.autoencoder), which has no pixel likelihood here.")
@@ -1176,11 +1194,10 @@ def likelihood_report(
     batch = max(batch - batch % jax.device_count(), jax.device_count())  # split over the devices (padded)
     report = likelihood.evaluate_bpd(
         jax.random.PRNGKey(seed), sde, score, images, batch, num_bins=config.data.get("num_bins", 256),
-        centered=config.data.centered, num_passes=passes, divergence=divergence, rtol=rtol, atol=atol,
-        method=method, num_steps=num_steps, time_variable=time_variable, error_norm=error_norm,
+        centered=config.data.centered, num_passes=passes, divergence=divergence, **solver,
     )
-    report.update(split=split, step=step, divergence=divergence, rtol=rtol, atol=atol, method=method,
-                  num_steps=num_steps, time_variable=time_variable, error_norm=error_norm, workdir=workdir)
+    settings = {**dict.fromkeys([*adaptive, "num_steps"]), **solver}  # those that do not apply: None
+    report.update(split=split, step=step, divergence=divergence, workdir=workdir, **settings)
     if not all(math.isfinite(v) for v in [report["bpd"], *report["bpd_per_pass"]]):
         raise UserError(f"Non-finite bits/dim {report['bpd']} (per pass {report['bpd_per_pass']}): the model "
                         "or the ODE solve broke down; nothing was written.")

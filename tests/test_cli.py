@@ -129,7 +129,7 @@ def test_likelihood_writes_report(digits_workdir, capsys):
     capsys.readouterr()
     # 6 examples in batches of 4: the last batch is padded, and the padding dropped.
     run("likelihood", "--workdir", digits_workdir, "--split", "test", "--passes", "2", "--limit", "6",
-        "--batch", "4", "--rtol", "1e-2", "--atol", "1e-2")
+        "--batch", "4", "--method", "dopri5", "--rtol", "1e-2", "--atol", "1e-2")
     path = os.path.join(digits_workdir, "eval", "bpd_test_step2.json")
     out = capsys.readouterr().out
     assert "test bits/dim:" in out and path in out
@@ -209,16 +209,33 @@ def test_likelihood_bad_arguments_are_user_errors(digits_workdir, quick_load, se
 
 
 def test_likelihood_exponential_integrator(digits_workdir, capsys):
-    """--method dpm_solver_2m --steps 12: 13 evaluations per batch, the setting in the report;
-    without --steps a one-line error before any evaluation."""
+    """--method dpm_solver_2m --steps 12: 13 evaluations per batch, the setting in the report."""
     out = os.path.join(digits_workdir, "eval", "bpd_dpm.json")
     run("likelihood", "--workdir", digits_workdir, "--limit", "4", "--passes", "1", "--method", "dpm_solver_2m",
         "--steps", "12", "--out", out)
     report = json.load(open(out))
     assert (report["method"], report["num_steps"], report["mean_nfe_per_batch"]) == ("dpm_solver_2m", 12, 13.0)
+    assert (report["rtol"], report["time_variable"]) == (None, None)
     assert np.isfinite(report["bpd"]) and report["bpd"] > 0
-    assert "--steps goes with" in error_of("likelihood", "--workdir", digits_workdir, "--method", "dpm_solver_3m")
-    assert "--steps goes with" in error_of("likelihood", "--workdir", digits_workdir, "--steps", "8")
+
+
+def test_likelihood_default_settings(digits_workdir, quick_load, seen_by_likelihood):
+    """Without options: DPM-Solver-3M with 256 steps; an adaptive --method: rtol = atol = 1e-5 in
+    sigma with the max norm; the other method family's options are one-line errors."""
+    from scoresde import likelihood
+
+    run("likelihood", "--workdir", digits_workdir, "--limit", "4")
+    assert {k: seen_by_likelihood[k] for k in ("method", "num_steps")} == dict(
+        method=likelihood.REPORT_METHOD, num_steps=likelihood.REPORT_STEPS) == dict(method="dpm_solver_3m", num_steps=256)
+    assert all(k not in seen_by_likelihood for k in ("rtol", "atol", "time_variable", "error_norm"))
+    run("likelihood", "--workdir", digits_workdir, "--limit", "4", "--method", "bosh3", "--atol", "1e-3")
+    assert {k: seen_by_likelihood[k] for k in ("method", "rtol", "atol", "time_variable", "error_norm")} == dict(
+        method="bosh3", rtol=1e-5, atol=1e-3, time_variable="sigma", error_norm="max")
+    for bad, message in [(["--rtol", "1e-3"], "rtol set an adaptive method's solve"),
+                         (["--method", "dpm_solver_2m", "--time-variable", "t", "--error-norm", "rms"],
+                          "time_variable, error_norm set an adaptive"),
+                         (["--method", "dopri5", "--steps", "8"], "A number of steps goes with the fixed-step")]:
+        assert message in error_of("likelihood", "--workdir", digits_workdir, *bad)
 
 
 def test_likelihood_choices_are_the_libraries():
