@@ -83,7 +83,8 @@ OURS = {
     "before": ("ours before: tsit5, t, max norm", dict(method="tsit5", time_variable="t", error_norm="max")),
     "t-rms": ("ours: dopri5, t, rms norm", dict(method="dopri5", time_variable="t", error_norm="rms")),
     "sigma-tsit5": ("ours: tsit5, sigma, max norm", dict(method="tsit5", time_variable="sigma", error_norm="max")),
-    "default": ("ours default: dopri5, sigma, max norm", dict(method="dopri5", time_variable="sigma", error_norm="max")),
+    "default": ("ours: dopri5, sigma, max norm (log_likelihood's default)",
+                dict(method="dopri5", time_variable="sigma", error_norm="max")),
     "log-snr": ("ours: tsit5, log-SNR, max norm", dict(method="tsit5", time_variable="log_snr", error_norm="max")),
     "bosh3": ("ours: bosh3, sigma, max norm", dict(method="bosh3", time_variable="sigma", error_norm="max")),
     # Fixed steps, swept over --steps instead of the tolerances.
