@@ -550,11 +550,12 @@ def worker(side: str):
         cpus = sorted(os.sched_getaffinity(0))
         if threads < len(cpus):  # XLA sizes its thread pool from the affinity mask
             os.sched_setaffinity(0, cpus[:threads])
+        sys.path.insert(0, REPO_ROOT)
+        import scoresde  # noqa: F401  (its XLA:CPU flag, set before JAX starts: scoresde/__init__.py)
         import flax
         import jax
         import jaxlib
 
-        sys.path.insert(0, REPO_ROOT)
         info.update(jax=jax.__version__, jaxlib=jaxlib.__version__, flax=flax.__version__,
                     backend=jax.default_backend(), xla_flags=os.environ.get("XLA_FLAGS", ""),
                     cpus=len(os.sched_getaffinity(0)))

@@ -1,3 +1,34 @@
 """scoresde: score-based generative modelling with SDEs, on JAX."""
 
+import importlib.metadata
+import os
+import sys
+
 __version__ = "0.1.0"
+
+# XLA's CPU compiler (jaxlib 0.10-0.11) hands each convolution to YNNPACK, which runs it on one
+# thread; Eigen's convolutions use them all. On 2 cores that makes the reference DDPM++ train
+# step 1.3x slower (experiments/results/bench_train_vs_reference.md). So, before JAX starts its
+# CPU backend, and unless the user set YNNPACK's fusions themselves, convolutions are left out of
+# them (YNNPACK keeps its other fusions, which are faster than the alternatives). Only the CPU
+# backend reads the flag; a jaxlib that does not know it would reject it, hence the versions.
+_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def _threaded_cpu_convolutions():
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return
+    try:
+        jaxlib = tuple(int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return
+    if jaxlib not in ((0, 10), (0, 11)):
+        return
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is not None and bridge.backends_are_initialized():
+        return  # too late: XLA read its flags when JAX started
+    os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}".strip()
+
+
+_threaded_cpu_convolutions()
