@@ -6,12 +6,13 @@ import sys
 
 __version__ = "0.1.0"
 
-# XLA's CPU compiler (jaxlib 0.10-0.11) hands each convolution to YNNPACK, which runs it on one
-# thread; Eigen's convolutions use them all. On 2 cores that makes the reference DDPM++ train
-# step 1.3x slower (experiments/results/bench_train_vs_reference.md). So, before JAX starts its
-# CPU backend, and unless the user set YNNPACK's fusions themselves, convolutions are left out of
+# XLA's CPU compiler (jaxlib 0.10) hands each convolution to YNNPACK, which runs it on one
+# thread; Eigen's convolutions use them all (experiments/results/bench_conv_threads.md). On 2
+# cores that made the reference DDPM++ train step 1.25x slower. So, before JAX starts its CPU
+# backend, and unless the user set YNNPACK's fusions themselves, convolutions are left out of
 # them (YNNPACK keeps its other fusions, which are faster than the alternatives). Only the CPU
-# backend reads the flag; a jaxlib that does not know it would reject it, hence the versions.
+# backend reads the flag, but a jaxlib that did not know it, or its "-" syntax, would refuse to
+# start: so only the versions where it was checked (0.10.0 and 0.10.2).
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 
@@ -23,7 +24,7 @@ def _threaded_cpu_convolutions():
         jaxlib = tuple(int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2])
     except (importlib.metadata.PackageNotFoundError, ValueError):
         return
-    if jaxlib not in ((0, 10), (0, 11)):
+    if jaxlib != (0, 10):
         return
     bridge = sys.modules.get("jax._src.xla_bridge")
     if bridge is not None and bridge.backends_are_initialized():

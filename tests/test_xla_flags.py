@@ -2,6 +2,7 @@
 appending to the user's XLA_FLAGS, never overriding their own YNNPACK setting, and only before
 JAX starts its backend. Each case runs in a fresh interpreter."""
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import sys
 import pytest
 
 import scoresde
+
+# The versions the flag is set for (scoresde/__init__.py); elsewhere XLA_FLAGS stays as given.
+CHECKED = tuple(int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2]) == (0, 10)
 
 PROBE = """
 import os, sys
@@ -45,7 +49,7 @@ def probe(xla_flags, order="scoresde first"):
 )
 def test_import_sets_the_convolution_flag(given, expected, devices):
     flags, result = probe(given)
-    assert flags == expected
+    assert flags == (expected if CHECKED else given or "")
     assert result == f"{devices} True"  # XLA accepted the flags, and the convolution ran
 
 
