@@ -250,6 +250,7 @@ def time_oscillation(score, x, key, path, t_mid=0.25, width=0.1, points=801):
     omega = 2 * math.pi * np.fft.rfftfreq(points, ts[1] - ts[0])
     peaks = [i for i in range(1, len(power) - 1) if power[i] >= max(power[i - 1], power[i + 1])]
     peaks = sorted(peaks, key=lambda i: -power[i])[:3]
+    rms = float(np.sqrt(np.mean(residual ** 2)))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,11 +259,11 @@ def time_oscillation(score, x, key, path, t_mid=0.25, width=0.1, points=801):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ts, values[:, :4])
     ax.set(xlabel="t (x held fixed)", ylabel="sigma div eps^ / D (nats/dim per unit lambda)",
-           title=f"residual RMS {np.sqrt(np.mean(residual ** 2)):.1e}; peaks at {', '.join(f'{omega[i]:.0f}' for i in peaks)} rad/t")
+           title=f"residual RMS {rms:.1e}; peaks at {', '.join(f'{omega[i]:.0f}' for i in peaks)} rad/t")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return dict(residual_rms=float(np.sqrt(np.mean(residual ** 2))), t_mid=t_mid,
+    return dict(residual_rms=rms, t_mid=t_mid,
                 peaks=[dict(frequency=float(omega[i]), power_share=float(power[i] / power.sum())) for i in peaks],
                 width=width, points=points, plot=path)
 

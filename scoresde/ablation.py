@@ -151,8 +151,7 @@ def run_grid(
     second row that says `"timesteps": "learnt"` and gives the grid and the seconds its fit took,
     `fit_s` (compilation included; not in `wall_s`).
     """
-    if learn_timesteps is not None and (isinstance(learn_timesteps, bool) or not isinstance(learn_timesteps, int)
-                                        or learn_timesteps < 1):
+    if learn_timesteps is not None and not (registry._number(learn_timesteps, integer=True) and learn_timesteps >= 1):
         raise ValueError(f"learn_timesteps must be None or an integer >= 1 (calibration latents), got {learn_timesteps!r}.")
     rows = []
     jobs = [(name, opts, nfe) for name, opts in configs for nfe in nfes]
