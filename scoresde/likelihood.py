@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from scoresde import parallel, sde_lib
 from scoresde.samplers import fast, ode
-from scoresde.samplers.registry import check_numbers
+from scoresde.samplers.registry import _number, check_numbers
 from scoresde.score import as_score_model
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
@@ -159,7 +159,7 @@ def log_likelihood(
     if error_norm not in ode.ERROR_NORMS:
         raise ValueError(f"Unknown error norm {error_norm!r}; valid names: {', '.join(ode.ERROR_NORMS)}.")
     if method in EXPONENTIAL_METHODS:
-        if not (isinstance(num_steps, int) and num_steps >= 1):
+        if not (_number(num_steps, integer=True) and num_steps >= 1):
             raise ValueError(f"The fixed-step method {method!r} needs num_steps, an integer >= 1; got {num_steps!r}.")
     else:
         try:

@@ -366,6 +366,8 @@ def test_data_outside_unit_interval_raises(bad):
         (dict(method="euler"), "num_steps"),
         (dict(method="dpm_solver_2m"), "needs num_steps"),
         (dict(method="dpm_solver_3m", num_steps=0), "needs num_steps"),
+        (dict(method="dpm_solver_3m", num_steps=True), "needs num_steps"),
+        (dict(method="dpm_solver_3m", num_steps=8.0), "needs num_steps"),
         (dict(method="rk4"), "dpm_solver_2m"),
         (dict(time_variable="lambda"), "log_snr"),
         (dict(error_norm="l2"), "rms"),
