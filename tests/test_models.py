@@ -397,3 +397,27 @@ def test_parameterizations_recover_exact_score(sde_name, parameterization):
     oracle = Oracle(sde, target, parameterization)
     score = get_score_fn(sde, oracle, {}, continuous=True, parameterization=parameterization)(x, t)
     np.testing.assert_allclose(score, target.score_fn(sde)(x, t), rtol=2e-4, atol=1e-5)
+
+
+def test_self_attention_is_softmax_attention_over_all_positions():
+    """AttnBlockpp against the formula in numpy, float64: GroupNorm (min(C // 4, 32) groups,
+    eps 1e-6), q, k, v by 1x1 layers, softmax(q k^T / sqrt(C)) over all H x W positions,
+    an output 1x1 layer and the residual."""
+    from scoresde.models.layers import AttnBlockpp
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (2, 3, 4, 8)))
+    block = AttnBlockpp(init_scale=1.0)
+    params = jax.tree.map(lambda p: p + 0.1 * np.arange(p.size).reshape(p.shape) / p.size,  # non-trivial norm and biases
+                          block.init(jax.random.key(1), x)["params"])
+    out = np.asarray(block.apply({"params": params}, x), np.float64)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    B, H, W, C = x.shape
+    g = x.reshape(B, H * W, 2, C // 2)
+    h = ((g - g.mean(axis=(1, 3), keepdims=True)) / np.sqrt(g.var(axis=(1, 3), keepdims=True) + 1e-6)).reshape(B, H * W, C)
+    h = h * p["GroupNorm_0"]["scale"] + p["GroupNorm_0"]["bias"]
+    q, k, v = (h @ p[f"NIN_{i}"]["W"] + p[f"NIN_{i}"]["b"] for i in range(3))
+    logits = q @ k.transpose(0, 2, 1) / np.sqrt(C)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    expected = x + ((weights @ v) @ p["NIN_3"]["W"] + p["NIN_3"]["b"]).reshape(B, H, W, C)
+    np.testing.assert_allclose(out, expected, atol=2e-5)
