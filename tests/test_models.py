@@ -421,3 +421,49 @@ def test_self_attention_is_softmax_attention_over_all_positions():
     weights /= weights.sum(axis=-1, keepdims=True)
     expected = x + ((weights @ v) @ p["NIN_3"]["W"] + p["NIN_3"]["b"]).reshape(B, H, W, C)
     np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_group_norm_is_the_formula_and_flax_s_gradient():
+    """layers.GroupNorm against the formula in numpy, float64 (two-pass variance, eps 1e-6),
+    on inputs with a large mean; its gradient against flax's own nn.GroupNorm; the same
+    parameter tree as flax's; bfloat16 in, bfloat16 out, close to float32."""
+    rng = np.random.default_rng(0)
+    x = (3.0 + rng.standard_normal((2, 5, 6, 8)) * np.arange(1, 9)).astype(np.float32)
+    ours, flax_gn = layers.GroupNorm(num_groups=4), nn.GroupNorm(num_groups=4, epsilon=1e-6)
+    shapes = jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)["params"])
+    assert shapes == jax.tree.map(jnp.shape, flax_gn.init(jax.random.key(0), x)["params"]) == {"scale": (8,), "bias": (8,)}
+    params = {"scale": jnp.asarray(rng.uniform(0.5, 2.0, 8), jnp.float32), "bias": jnp.asarray(rng.standard_normal(8), jnp.float32)}
+
+    g = x.astype(np.float64).reshape(2, 30, 4, 2)
+    normed = ((g - g.mean(axis=(1, 3), keepdims=True)) / np.sqrt(g.var(axis=(1, 3), keepdims=True) + 1e-6)).reshape(x.shape)
+    expected = normed * np.asarray(params["scale"], np.float64) + np.asarray(params["bias"], np.float64)
+    np.testing.assert_allclose(ours.apply({"params": params}, x), expected, atol=2e-5)
+
+    weights = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)  # a loss that weighs every output
+
+    def grads(module):
+        return jax.grad(lambda p, x: jnp.sum(weights * module.apply({"params": p}, x) ** 2), argnums=(0, 1))(params, x)
+
+    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(flax_gn))):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
+
+    half = ours.apply({"params": params}, jnp.asarray(x, jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), expected, atol=0.05)
+    with pytest.raises(ValueError, match="8 channels do not split into 3 groups"):
+        layers.GroupNorm(num_groups=3).init(jax.random.key(0), x)
+
+    v = x.reshape(2, 30, 8)  # both ways of summing over positions (the CPU's and the others')
+    for by_matmul in (True, False):
+        np.testing.assert_allclose(layers.position_sums(v, by_matmul), v.astype(np.float64).sum(axis=1), rtol=1e-5)
+
+
+def test_fusion_barrier_is_the_identity_forward_backward_and_forward_mode():
+    """The block inputs' fusion barrier changes no value, gradient or tangent, for inputs of
+    either sign (its cond's two branches), and is compiled as a conditional on the CPU."""
+    f = lambda x: jnp.sum(jnp.sin(layers.fusion_barrier(x * 2.0)))
+    for x in (jnp.array([0.5, -1.0, 2.0]), jnp.array([-0.5, 1.0, 2.0])):
+        np.testing.assert_array_equal(layers.fusion_barrier(x), x)
+        np.testing.assert_allclose(jax.grad(f)(x), 2 * jnp.cos(2 * x), rtol=1e-6)
+        np.testing.assert_allclose(jax.jvp(f, (x,), (jnp.ones(3),))[1], jnp.sum(2 * jnp.cos(2 * x)), rtol=1e-6)
+    assert "conditional" in jax.jit(jax.grad(f)).lower(x).compile().as_text()

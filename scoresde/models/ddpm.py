@@ -96,7 +96,7 @@ class DDPM(nn.Module):
 
         assert not hs
 
-        h = act(nn.GroupNorm(num_groups=32)(h))
+        h = act(layers.group_norm(h, 32))
         h = conv3x3(h, x.shape[-1], init_scale=0.0)
 
         if self.scale_by_sigma:

@@ -96,10 +96,70 @@ def checkpointed(block: type[nn.Module], static_argnums: tuple[int, ...] = (3,))
     return cls
 
 
+def fusion_barrier(x):
+    """x unchanged `(B, ...)`, materialized here on XLA's CPU backend, forward and backward.
+
+    XLA:CPU fuses elementwise producers into each of their consumers and recomputes them
+    there. Along a U-Net's residual stream, and along its cotangent in the backward pass,
+    these chains grow from block to block: each GroupNorm reduction and each transposed
+    operand of a convolution's weight gradient recomputed the sums of several blocks
+    before it, in transposed order (84 operands in one fusion). XLA fuses nothing across a
+    `lax.cond`, and the transpose of a cond is a cond, so a block input passed through one
+    is computed once in each pass (`experiments/bench_cpu_speedups.py`). Elsewhere (GPU,
+    TPU: where a cond costs a host round trip) it is x itself.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return jax.lax.cond(jnp.ravel(x)[0] > 0, lambda v: v * 1, lambda v: v, x)
+
+
+def position_sums(v, by_matmul: bool):
+    """`(B, N, C) -> (B, C)`: sum over N, as a batched product with a vector of ones or as a reduction."""
+    if by_matmul:
+        return jnp.einsum("bn,bnc->bc", jnp.ones(v.shape[:2], v.dtype), v)
+    return jnp.sum(v, axis=1)
+
+
+class GroupNorm(nn.Module):
+    """Group normalization `(B, ..., C) -> same`, with flax's `nn.GroupNorm` parameters and defaults.
+
+    y = (x - mean_g) / sqrt(var_g + epsilon) * scale + bias, with mean_g and var_g =
+    E[x^2] - mean_g^2 (flax's fast variance, clipped at 0) over each example's group of
+    C / num_groups channels at all positions, in float32 whatever x's dtype. On the CPU the
+    sums over positions are batched matrix-vector products (`position_sums`), which XLA:CPU
+    runs about 3x faster forward and backward than the reductions of `nn.GroupNorm`
+    (`experiments/bench_cpu_speedups.py`); elsewhere they are reductions.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        B, C = x.shape[0], x.shape[-1]
+        if C % self.num_groups:
+            raise ValueError(f"GroupNorm: {C} channels do not split into {self.num_groups} groups.")
+        scale = self.param("scale", nn.initializers.ones, (C,))
+        bias = self.param("bias", nn.initializers.zeros, (C,))
+        flat = jnp.reshape(x, (B, -1, C)).astype(jnp.float32)
+        size = flat.shape[1] * (C // self.num_groups)
+        by_matmul = jax.default_backend() == "cpu"
+
+        def group_mean(v):  # (B, N, C) -> (B, num_groups)
+            return position_sums(v, by_matmul).reshape(B, self.num_groups, -1).sum(-1) / size
+
+        mean = group_mean(flat)
+        var = jnp.maximum(group_mean(flat * flat) - mean * mean, 0.0)
+        gain = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), C // self.num_groups, axis=1) * scale  # (B, C)
+        shift = bias - jnp.repeat(mean, C // self.num_groups, axis=1) * gain
+        broadcast = (B,) + (1,) * (x.ndim - 2) + (C,)
+        return (x * gain.reshape(broadcast) + shift.reshape(broadcast)).astype(x.dtype)
+
+
 def group_norm(x, num_groups: Optional[int] = None):
     """GroupNorm (a fresh `GroupNorm_i` submodule); by default NCSN++'s min(C // 4, 32) groups."""
     groups = min(x.shape[-1] // 4, 32) if num_groups is None else num_groups
-    return nn.GroupNorm(num_groups=groups, dtype=x.dtype)(x)
+    return GroupNorm(num_groups=groups)(x)
 
 
 def divide_by_sigma(h, sigmas):
@@ -185,6 +245,7 @@ class AttnBlockpp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        x = fusion_barrier(x)
         B, H, W, C = x.shape
         h = group_norm(x, self.num_groups)
         # Over the flattened positions `(B, HW, C)`: XLA's CPU backend runs these two batched
@@ -387,6 +448,7 @@ class ResnetBlockDDPMpp(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb=None, train: bool = True):
+        x = fusion_barrier(x)
         C = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else C
         h = self.act(group_norm(x, self.num_groups))
@@ -434,6 +496,7 @@ class ResnetBlockBigGANpp(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb=None, train: bool = True):
+        x = fusion_barrier(x)
         C = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else C
         h = self.act(group_norm(x))
