@@ -12,7 +12,8 @@ steps each, rotated every round). The variants:
   shipped               the code as it is
   no fusion barrier     `layers.fusion_barrier` as the identity: XLA:CPU then fuses each block's
                         input, and its cotangent, into every consumer
-  flax GroupNorm        `layers.group_norm` as flax's `nn.GroupNorm` (statistics by reductions)
+  flax GroupNorm        `group_norm` (in `layers` and `ncsnpp`) as flax's `nn.GroupNorm`
+                        (statistics by reductions)
   none of them          both switched off: the code before them
 
 and, to show that sampling loses nothing, the network's forward pass alone (eval mode, as
@@ -44,7 +45,7 @@ import numpy as np  # noqa: E402
 import scoresde  # noqa: E402,F401  (sets its XLA:CPU flag first)
 from bench_train_vs_reference import CONFIG, Ours, cpu_model  # noqa: E402
 from scoresde import configs, experiment  # noqa: E402
-from scoresde.models import layers  # noqa: E402
+from scoresde.models import layers, ncsnpp  # noqa: E402
 
 
 def flax_group_norm(x, num_groups=None):
@@ -58,15 +59,15 @@ def flax_group_norm(x, num_groups=None):
 @contextlib.contextmanager
 def switched_off(parts):
     """`layers` as before the speed-ups named in `parts`, while tracing."""
-    saved = layers.fusion_barrier, layers.group_norm
+    saved = layers.fusion_barrier, layers.group_norm, ncsnpp.group_norm
     if "barrier" in parts:
         layers.fusion_barrier = lambda x: x
     if "groupnorm" in parts:
-        layers.group_norm = flax_group_norm
+        layers.group_norm = ncsnpp.group_norm = flax_group_norm
     try:
         yield
     finally:
-        layers.fusion_barrier, layers.group_norm = saved
+        layers.fusion_barrier, layers.group_norm, ncsnpp.group_norm = saved
 
 
 VARIANTS = {

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 # XLA's CPU compiler (jaxlib 0.10) hands each convolution to YNNPACK, which runs it on one
 # thread; Eigen's convolutions use them all (experiments/results/bench_conv_threads.md; with
-# Eigen's, a 3x3 convolution forward and backward runs 1.2-1.6x faster on 2 cores,
+# Eigen's, a 3x3 convolution forward and backward runs 1.4-1.8x faster at 32x32 and 16x16 on 2 cores,
 # experiments/results/profile_layers.md). So, before JAX starts its CPU
 # backend, and unless the user set YNNPACK's fusions themselves, convolutions are left out of
 # them (YNNPACK keeps its other fusions, which are faster than the alternatives). Only the CPU

@@ -432,6 +432,7 @@ def test_group_norm_is_the_formula_and_flax_s_gradient():
     ours, flax_gn = layers.GroupNorm(num_groups=4), nn.GroupNorm(num_groups=4, epsilon=1e-6)
     shapes = jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)["params"])
     assert shapes == jax.tree.map(jnp.shape, flax_gn.init(jax.random.key(0), x)["params"]) == {"scale": (8,), "bias": (8,)}
+    assert {p.dtype for p in jax.tree.leaves(ours.init(jax.random.key(0), x))} == {jnp.dtype(jnp.float32)}
     params = {"scale": jnp.asarray(rng.uniform(0.5, 2.0, 8), jnp.float32), "bias": jnp.asarray(rng.standard_normal(8), jnp.float32)}
 
     g = x.astype(np.float64).reshape(2, 30, 4, 2)
@@ -450,8 +451,9 @@ def test_group_norm_is_the_formula_and_flax_s_gradient():
     half = ours.apply({"params": params}, jnp.asarray(x, jnp.bfloat16))
     assert half.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(half, np.float32), expected, atol=0.05)
-    with pytest.raises(ValueError, match="8 channels do not split into 3 groups"):
-        layers.GroupNorm(num_groups=3).init(jax.random.key(0), x)
+    for groups in (3, 0):
+        with pytest.raises(ValueError, match=f"8 channels do not split into {groups} groups"):
+            layers.GroupNorm(num_groups=groups).init(jax.random.key(0), x)
 
     v = x.reshape(2, 30, 8)  # both ways of summing over positions (the CPU's and the others')
     for by_matmul in (True, False):
@@ -466,4 +468,5 @@ def test_fusion_barrier_is_the_identity_forward_backward_and_forward_mode():
         np.testing.assert_array_equal(layers.fusion_barrier(x), x)
         np.testing.assert_allclose(jax.grad(f)(x), 2 * jnp.cos(2 * x), rtol=1e-6)
         np.testing.assert_allclose(jax.jvp(f, (x,), (jnp.ones(3),))[1], jnp.sum(2 * jnp.cos(2 * x)), rtol=1e-6)
-    assert "conditional" in jax.jit(jax.grad(f)).lower(x).compile().as_text()
+    if jax.default_backend() == "cpu":  # one in the forward pass, its transpose in the backward
+        assert jax.jit(jax.grad(f)).lower(x).compile().as_text().count(" conditional(") == 2

@@ -103,10 +103,14 @@ def fusion_barrier(x):
     there. Along a U-Net's residual stream, and along its cotangent in the backward pass,
     these chains grow from block to block: each GroupNorm reduction and each transposed
     operand of a convolution's weight gradient recomputed the sums of several blocks
-    before it, in transposed order (84 operands in one fusion). XLA fuses nothing across a
-    `lax.cond`, and the transpose of a cond is a cond, so a block input passed through one
-    is computed once in each pass (`experiments/bench_cpu_speedups.py`). Elsewhere (GPU,
-    TPU: where a cond costs a host round trip) it is x itself.
+    before it, in transposed order (fusions of over 100 operands,
+    `experiments/results/profile_xla_ops.md`). XLA fuses nothing across a `lax.cond`, and
+    the transpose of a cond is a cond, so a block input passed through one is computed once
+    in each pass (`experiments/bench_cpu_speedups.py`). One branch multiplies by 1, or JAX
+    would forward the value around an identity cond, and the predicate reads x, or XLA would
+    fold it. Under `vmap` with a batched x the cond becomes a select and the barrier is gone
+    (the values are right). Off the CPU it is x itself: measured on the CPU only, and a cond
+    costs a GPU a host round trip.
     """
     if jax.default_backend() != "cpu":
         return x
@@ -121,14 +125,16 @@ def position_sums(v, by_matmul: bool):
 
 
 class GroupNorm(nn.Module):
-    """Group normalization `(B, ..., C) -> same`, with flax's `nn.GroupNorm` parameters and defaults.
+    """Group normalization `(B, ..., C) -> same dtype`: flax's `nn.GroupNorm` (its parameter
+    names, float32 parameters and epsilon), computed differently on the CPU.
 
     y = (x - mean_g) / sqrt(var_g + epsilon) * scale + bias, with mean_g and var_g =
     E[x^2] - mean_g^2 (flax's fast variance, clipped at 0) over each example's group of
-    C / num_groups channels at all positions, in float32 whatever x's dtype. On the CPU the
-    sums over positions are batched matrix-vector products (`position_sums`), which XLA:CPU
-    runs about 3x faster forward and backward than the reductions of `nn.GroupNorm`
-    (`experiments/bench_cpu_speedups.py`); elsewhere they are reductions.
+    C / num_groups channels at all positions, in float32 or wider whatever x's dtype. On the
+    CPU the sums over positions are batched matrix-vector products (`position_sums`), which
+    XLA:CPU runs 1.4-1.7x faster forward and backward than the reductions of `nn.GroupNorm`
+    (the groupnorm rows of `experiments/results/profile_layers.md`, before and after this
+    class); elsewhere they are reductions.
     """
 
     num_groups: int
@@ -137,11 +143,11 @@ class GroupNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         B, C = x.shape[0], x.shape[-1]
-        if C % self.num_groups:
+        if self.num_groups < 1 or C % self.num_groups:
             raise ValueError(f"GroupNorm: {C} channels do not split into {self.num_groups} groups.")
-        scale = self.param("scale", nn.initializers.ones, (C,))
-        bias = self.param("bias", nn.initializers.zeros, (C,))
-        flat = jnp.reshape(x, (B, -1, C)).astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (C,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (C,), jnp.float32)
+        flat = jnp.reshape(x, (B, -1, C)).astype(jnp.promote_types(x.dtype, jnp.float32))
         size = flat.shape[1] * (C // self.num_groups)
         by_matmul = jax.default_backend() == "cpu"
 
