@@ -43,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import scoresde  # noqa: E402,F401  (sets its XLA:CPU flag first)
+from bench_train import timed  # noqa: E402
 from bench_train_vs_reference import CONFIG, Ours, cpu_model  # noqa: E402
 from scoresde import configs, experiment  # noqa: E402
 from scoresde.models import layers, ncsnpp  # noqa: E402
@@ -94,11 +95,9 @@ class Forward:
         fn = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False)).lower(params, x, t).compile()
         self.call = lambda: fn(params, x, t)
 
-    def steps(self, n: int) -> tuple[float, float]:
-        t = time.perf_counter()
-        out = [self.call() for _ in range(n)]
-        jax.block_until_ready(out)
-        return time.perf_counter() - t, float(jnp.mean(out[-1]))
+    def steps(self, n: int) -> tuple[float, None]:
+        """Seconds for n calls (as `Ours.steps`, which also gives its last loss)."""
+        return timed(self.call, n), None
 
 
 def write_results(result: dict):
@@ -160,6 +159,8 @@ def main():
     for name in ("nf", "batch", "rounds", "steps_per_round"):
         if getattr(args, name) < 1:
             sys.exit(f"bench_cpu_speedups: --{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or not args.pause >= 0:  # not >= : NaN too
+        sys.exit(f"bench_cpu_speedups: --warmup and --pause must be >= 0, got {args.warmup} and {args.pause}")
     if jax.default_backend() != "cpu":
         sys.exit(f"bench_cpu_speedups: measures the CPU backend; JAX's default here is {jax.default_backend()}")
 

@@ -47,12 +47,13 @@ from bench_train_vs_reference import cpu_model  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "profile_xla_ops")
 CONFIG = "vp/cifar10_ddpmpp_continuous"
+KEPT_OPS = 200  # the costliest operations kept in the JSON (all of them count in the totals)
 
 
 def hlo_instructions(text: str) -> dict:
     """name -> (shape, number of operands, op_name) of each instruction in compiled HLO text."""
     out = {}
-    for m in re.finditer(r"\n\s*(?:ROOT )?%([\w.\-]+) = (\S+) [\w\-]+\(([^\n]*)", text):
+    for m in re.finditer(r"\n\s*(?:ROOT )?%([\w.\-]+) = (\([^()]*\)|\S+) [\w\-]+\(([^\n]*)", text):  # tuple or array
         name, shape, rest = m.groups()
         call = rest.split("), ")[0]
         op_name = re.search(r'op_name="([^"]*)"', rest)
@@ -116,7 +117,7 @@ def profile(nf: int, batch: int, calls: int, barrier: bool) -> dict:
         by_kind[re.sub(r"\.\d+$", "", op["name"])] += op["ms"]
     return dict(barrier=barrier, wall_ms=1e3 * float(np.median(walls)), traced_ms=sum(per_op.values()),
                 fusions_over_20_operands=sum(1 for n, v in info.items() if "fusion" in n and v[1] > 20),
-                ops=ops, by_kind=dict(by_kind.most_common()))
+                operations=len(ops), ops=ops[:KEPT_OPS], by_kind=dict(by_kind.most_common()))
 
 
 def write_results(result: dict, top: int):
