@@ -2,6 +2,7 @@
 
     python experiments/bench_train_vs_reference.py                   # nf 32, batch 16, 5 rounds of 3 steps
     python experiments/bench_train_vs_reference.py --nf 32 --batch 16 --rounds 5 --steps-per-round 3
+    python experiments/bench_train_vs_reference.py --allocators glibc thp jemalloc --jemalloc /path/libjemalloc.so.2
     python experiments/bench_train_vs_reference.py --tiny            # smoke test: nf 16, batch 4, 1 round
 
 Run it with the package's venv (`.venv/bin/python`); it starts the reference side itself
@@ -22,13 +23,33 @@ train step: loss (t ~ U, noise, perturbation, score network), backward, gradient
 - ours: `scoresde.train.compile_step(train.make_train_step(loss_fn, optimizer, ema_rate), 1)`
   (as `experiments/bench_train.py`), from `scoresde.configs.get_config` of the same config.
 
-The two sides run in two processes (torch in the benchmark venv, JAX here), each warmed up
-first (our step compiled, two untimed steps on each side), then timed in interleaved
-rounds: theirs, ours, theirs, ours, ... with k back-to-back steps per round and a short
-pause between sides; the process not being timed is blocked on a pipe. Reported: seconds
-per step for each side (median over rounds; the best and every round in the JSON) and the
-ratio ours/theirs of throughput (= their seconds per step / ours). Without `--tiny` the
-results are written to `experiments/results/bench_train_vs_reference.{json,md}`.
+Each side runs in its own worker process (torch in the benchmark venv, ours in this
+script's Python, `--serve-ours`), once per memory allocator set-up (`--allocators`; both
+sides get the same environment):
+
+  glibc     the C library's malloc as it comes (what both sides get by default)
+  jemalloc  `LD_PRELOAD` of libjemalloc (`--jemalloc`, default the system's: `apt install
+            libjemalloc2`) with `MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1`: freed
+            memory is kept for reuse. The `scoresde` command line re-runs itself so where
+            the library is installed (`scoresde.cli.rerun_with_jemalloc`)
+  thp       glibc's malloc with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`: its large blocks on
+            transparent huge pages (glibc >= 2.35, THP not "never"); not a default: whether
+            huge pages are at hand depends on the machine's state
+
+Why it matters: XLA:CPU allocates a train step's temporaries afresh on every call (one block
+of about 0.5 GiB here) and glibc maps blocks that large from the kernel and unmaps them on
+free, so every step page-faults all of it in again (about 137,000 4 KiB faults per step,
+about 2.3 us each on this machine). torch allocates tensor by tensor, mostly below glibc's
+mapping threshold. Each worker reports its page faults per step. The default set-ups are
+glibc and, where the library is found, jemalloc.
+
+All workers are built and warmed up first (our step compiled, untimed steps on each side),
+then timed in interleaved rounds: for each set-up in turn theirs then ours, k back-to-back
+steps each, a short pause before each; the workers not being timed are blocked on a pipe.
+Reported per set-up: seconds per step for each side (median over rounds; every round in
+the JSON), page faults per step and the ratio ours/theirs of throughput (= their seconds
+per step / ours). Without `--tiny` the results are written to
+`experiments/results/bench_train_vs_reference.{json,md}`.
 
 Set-up (from the repository root; neither folder is committed, both are in .gitignore):
 
@@ -57,10 +78,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
 import time
+
+from scoresde.cli import JEMALLOC_CONF, JEMALLOC_PATHS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -69,6 +93,18 @@ DEFAULT_TORCH_PYTHON = os.path.join(REPO_ROOT, ".bench-venv", "bin", "python")
 RESULTS = os.path.join(HERE, "results", "bench_train_vs_reference")
 CONFIG = "vp/cifar10_ddpmpp_continuous"
 SETUP_HINT = "see the set-up in the docstring of experiments/bench_train_vs_reference.py"
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF")
+
+
+def allocator_env(name: str, jemalloc: str | None) -> dict:
+    """The environment of a worker under allocator set-up `name` (see the docstring)."""
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}
+    if name == "thp":
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+    elif name == "jemalloc":
+        env["LD_PRELOAD"] = jemalloc
+        env["MALLOC_CONF"] = JEMALLOC_CONF
+    return env
 
 
 def fail(message: str):
@@ -89,18 +125,27 @@ def cpu_model() -> str:
 # ----------------------------------------------------------------------------- theirs
 
 
-class Reference:
-    """The reference's train step in a worker process (experiments/reference_torch.py --serve)."""
+class Worker:
+    """A train step in a worker process: the reference's (`experiments/reference_torch.py
+    --serve`) or ours (this script, `--serve-ours`), answering one JSON line per command."""
 
-    def __init__(self, python: str, reference_dir: str, nf: int, batch: int, threads: int, seed: int):
-        cmd = [python, os.path.join(HERE, "reference_torch.py"), "--serve", "--nf", str(nf), "--batch", str(batch),
-               "--threads", str(threads), "--seed", str(seed), "--reference-dir", reference_dir]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self, cmd: list[str], env: dict):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         msg = self._read()
         if "error" in msg:
             self.proc.wait()
             fail(msg["error"])
         self.info = msg["ready"]
+
+    @classmethod
+    def reference(cls, python, reference_dir, nf, batch, threads, seed, env):
+        return cls([python, os.path.join(HERE, "reference_torch.py"), "--serve", "--nf", str(nf), "--batch", str(batch),
+                    "--threads", str(threads), "--seed", str(seed), "--reference-dir", reference_dir], env)
+
+    @classmethod
+    def ours(cls, nf, batch, seed, env):
+        return cls([sys.executable, os.path.abspath(__file__), "--serve-ours", "--nf", str(nf), "--batch", str(batch),
+                    "--seed", str(seed)], env)
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -109,10 +154,10 @@ class Reference:
             fail(f"the reference worker exited (code {code}) without answering; its error is above")
         return json.loads(line)
 
-    def steps(self, n: int) -> tuple[float, float]:
+    def steps(self, n: int) -> dict:
+        """{"seconds", "loss", "minor_faults"} of n back-to-back steps."""
         self.proc.stdin.write(json.dumps({"cmd": "steps", "n": n}) + "\n")
-        msg = self._read()
-        return msg["seconds"], msg["loss"]
+        return self._read()
 
     def close(self):
         if self.proc.poll() is None:
@@ -175,6 +220,21 @@ class Ours:
         return self.timed(self._one, n), float(self.loss)
 
 
+def serve_ours(args):
+    """Worker mode (`--serve-ours`): the protocol of `reference_torch.serve`, with our step."""
+    ours = Ours(args.nf, args.batch, args.seed)
+    ours.steps(1)  # compiles
+    print(json.dumps({"ready": ours.info}), flush=True)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            break
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds, loss = ours.steps(int(msg["n"]))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(json.dumps({"seconds": seconds, "loss": loss, "minor_faults": faults}), flush=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -183,17 +243,24 @@ def write_results(result: dict):
     with open(RESULTS + ".json", "w") as f:
         json.dump(result, f, indent=1)
     m, r, o, t = result["machine"], result["reference"], result["ours"], result["timing"]
-    rows = "\n".join(f"| {i + 1} | {a:.4f} | {b:.4f} | {a / b:.3f} |"
-                     for i, (a, b) in enumerate(zip(t["theirs_s_per_step_rounds"], t["ours_s_per_step_rounds"])))
+    per = result["allocators"]
+    summary = "\n".join(
+        f"| {name} | {a['theirs_s_per_step']:.4f} | {a['ours_s_per_step']:.4f} | {a['theirs_faults_per_step']:,.0f} | "
+        f"{a['ours_faults_per_step']:,.0f} | **{a['ratio_ours_over_theirs']:.3f}x** |" for name, a in per.items())
+    rounds = "\n".join(
+        f"| {name} | {i + 1} | {a:.4f} | {b:.4f} | {a / b:.3f} |" for name, v in per.items()
+        for i, (a, b) in enumerate(zip(v["theirs_s_per_step_rounds"], v["ours_s_per_step_rounds"])))
+    best = result["best"]
     text = f"""# Train step: the PyTorch reference against ours, side by side on the CPU
 
 Command (from the repository root; set-up in the script's docstring):
 
     {result["command"]}
 
-Machine: {m["cpu"]}, {m["cores"]} cores, no accelerator; torch {r["torch"]} ({r["torch_threads"]} intra-op
-threads), jax {o["jax"]} ({o["backend"]} backend). Load average {m["load_before"]:.1f} before, {m["load_after"]:.1f}
-after (the machine is shared).
+Machine: {m["cpu"]}, {m["cores"]} cores, no accelerator, {m["libc"]}, transparent huge pages
+`{m["thp"]}`, {m["page_fault_us"]:.2f} us per page to fault in fresh memory (first touch of 256 MiB);
+torch {r["torch"]} ({r["torch_threads"]} intra-op threads), jax {o["jax"]} ({o["backend"]} backend).
+Load average {m["load_before"]:.1f} before, {m["load_after"]:.1f} after (the machine is shared).
 
 Network: the reference's `{CONFIG}` config (DDPM++ continuous, VP SDE) with nf={o["nf"]}:
 {r["params"]:,} parameters in both ({r["params"]} torch, {o["params"]} ours). Batch {o["batch"]},
@@ -201,19 +268,25 @@ Network: the reference's `{CONFIG}` config (DDPM++ continuous, VP SDE) with nf={
 Reference: yang-song/score_sde_pytorch {result["reference_commit"] or "(commit unknown)"}, its `losses.get_step_fn`.
 Ours: `train.compile_step(train.make_train_step(...), 1)`.
 
-{t["rounds"]} interleaved rounds (theirs, ours, ...) of {t["steps_per_round"]} steps, after {t["warmup_steps"]} warm-up steps each.
+Memory allocator set-ups (the same environment for both sides; see the script's docstring):
+glibc (as it comes), jemalloc (`LD_PRELOAD` of {result["jemalloc"] or "(not run)"}, `MALLOC_CONF={JEMALLOC_CONF}`:
+what the `scoresde` command line runs under where the library is installed), thp
+(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`){"" if "thp" in per else " (not run)"}.
+{t["rounds"]} interleaved rounds (each set-up in turn: theirs, ours) of {t["steps_per_round"]} steps, after
+{t["warmup_steps"]} warm-up steps each. Medians over rounds; page faults per step over all rounds.
 
-| | s/step (median) | s/step (best) | images/s (median) |
-|---|---|---|---|
-| reference (PyTorch) | {t["theirs_s_per_step"]:.4f} | {min(t["theirs_s_per_step_rounds"]):.4f} | {o["batch"] / t["theirs_s_per_step"]:.1f} |
-| scoresde (JAX) | {t["ours_s_per_step"]:.4f} | {min(t["ours_s_per_step_rounds"]):.4f} | {o["batch"] / t["ours_s_per_step"]:.1f} |
+| allocator | theirs s/step | ours s/step | theirs page faults/step | ours page faults/step | ours/theirs throughput |
+|---|---|---|---|---|---|
+{summary}
 
-**Ratio, ours/theirs throughput: {t["ratio_ours_over_theirs"]:.3f}x** (median of rounds; best of rounds:
-{t["ratio_best"]:.3f}x).
+Each side at its fastest set-up here: theirs {best["theirs"]} ({best["theirs_s_per_step"]:.4f} s/step), ours
+{best["ours"]} ({best["ours_s_per_step"]:.4f} s/step): **{best["ratio"]:.3f}x**. As each runs out of the box
+(the reference under plain glibc, `scoresde train` under jemalloc where installed):
+**{result["out_of_the_box_ratio"]:.3f}x**.
 
-| round | theirs s/step | ours s/step | ratio |
-|---|---|---|---|
-{rows}
+| allocator | round | theirs s/step | ours s/step | ratio |
+|---|---|---|---|---|
+{rounds}
 """
     with open(RESULTS + ".md", "w") as f:
         f.write(text)
@@ -229,6 +302,30 @@ def reference_commit(reference_dir: str) -> str | None:
     return None
 
 
+def page_fault_us(mib: int = 256) -> float:
+    """Microseconds per page to fault in fresh anonymous memory here (first touch, `mib` MiB)."""
+    import mmap
+
+    import numpy as np
+
+    size = mib << 20
+    with mmap.mmap(-1, size) as m:
+        pages = np.frombuffer(m, np.uint8)
+        t = time.perf_counter()
+        pages[::mmap.PAGESIZE] = 1
+        seconds = time.perf_counter() - t
+        del pages
+    return seconds / (size // mmap.PAGESIZE) * 1e6
+
+
+def transparent_huge_pages() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().strip()
+    except OSError:
+        return "unavailable"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nf", type=int, default=32)
@@ -238,90 +335,132 @@ def main():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps on each side after building/compiling")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: all cores)")
     p.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each timed block")
+    system_jemalloc = next((q for q in JEMALLOC_PATHS if os.path.isfile(q)), None)
+    p.add_argument("--allocators", nargs="+", choices=["glibc", "jemalloc", "thp"],
+                   default=["glibc", "jemalloc"] if system_jemalloc else ["glibc"],
+                   help="memory allocator set-ups, each for both sides (default: glibc, and jemalloc if installed)")
+    p.add_argument("--jemalloc", default=system_jemalloc,
+                   help="libjemalloc.so for the jemalloc set-up (default: the system's, if installed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="python of the venv with torch")
     p.add_argument("--reference-dir", default=DEFAULT_REFERENCE_DIR)
     p.add_argument("--reference-commit", default="cb1f359f4aadf0ff9a5e122fe8fffc9451fd6e44",
                    help="recorded in the results (read from the reference's .git where it has one)")
     p.add_argument("--tiny", action="store_true", help="smoke test: nf 16, batch 4, 1 round of 2 steps; nothing recorded")
+    p.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve_ours:
+        return serve_ours(args)
     if args.tiny:
         args.nf, args.batch, args.rounds, args.steps_per_round, args.warmup = 16, 4, 1, 2, 1
+    for name in ("nf", "batch", "rounds", "steps_per_round", "threads"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0 or not args.pause >= 0:
+        fail(f"--warmup and --pause must be >= 0, got {args.warmup} and {args.pause}")
+    allocators = list(dict.fromkeys(args.allocators))
 
     # The set-up, checked before anything heavy: one line each.
     if not os.path.isdir(args.reference_dir):
         fail(f"reference code not found at {args.reference_dir}; {SETUP_HINT}")
     if not os.path.exists(args.torch_python):
         fail(f"no benchmark venv: {args.torch_python} does not exist; {SETUP_HINT}")
+    if "jemalloc" in allocators and not (args.jemalloc and os.path.exists(args.jemalloc)):
+        fail(f"the jemalloc set-up needs libjemalloc (--jemalloc PATH; e.g. apt install libjemalloc2), "
+             f"got {args.jemalloc!r}")
     probe = subprocess.run([args.torch_python, "-c", "import torch, ml_collections"], capture_output=True, text=True)
     if probe.returncode:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         fail(f"{args.torch_python} cannot import torch and ml_collections ({last}); {SETUP_HINT}")
 
     load_before = os.getloadavg()[0]
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average {load_before:.1f}", flush=True)
+    fault_us = page_fault_us()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average {load_before:.1f}; a page fault in fresh "
+          f"memory costs {fault_us:.2f} us", flush=True)
     if load_before > 0.5 * os.cpu_count():
         print(f"warning: the machine is busy (load average {load_before:.1f} on {os.cpu_count()} cores); torch's "
               "OpenMP threads slow down far more than XLA's under oversubscription (seen here: 6x at --threads 2 "
               "with a load of 5), so the ratio is meaningful only on a quiet machine", flush=True)
-    reference = Reference(args.torch_python, args.reference_dir, args.nf, args.batch, args.threads, args.seed)
+    workers = {}
     try:
         t0 = time.perf_counter()
-        ours = Ours(args.nf, args.batch, args.seed)
-        ours.steps(1)  # compiles
-        compile_s = time.perf_counter() - t0
-        r, o = reference.info, ours.info
+        for name in allocators:
+            env = allocator_env(name, args.jemalloc)
+            workers[name] = (Worker.reference(args.torch_python, args.reference_dir, args.nf, args.batch,
+                                              args.threads, args.seed, env),
+                             Worker.ours(args.nf, args.batch, args.seed, env))
+            print(f"{name}: both sides built (ours compiled) after {time.perf_counter() - t0:.0f} s", flush=True)
+        r, o = workers[allocators[0]][0].info, workers[allocators[0]][1].info
         print(f"reference: torch {r['torch']}, {r['torch_threads']} threads, {r['params']:,} params; "
-              f"ours: jax {o['jax']} ({o['backend']}), {o['params']:,} params (built and compiled in {compile_s:.1f} s)",
-              flush=True)
+              f"ours: jax {o['jax']} ({o['backend']}), {o['params']:,} params", flush=True)
         if r["params"] != o["params"]:
             fail(f"parameter counts differ: reference {r['params']:,}, ours {o['params']:,}")
         if args.warmup:
-            reference.steps(args.warmup)
-            ours.steps(args.warmup)
+            for pair in workers.values():
+                for w in pair:
+                    w.steps(args.warmup)
 
         k = args.steps_per_round
-        theirs_t, ours_t, losses = [], [], []
+        runs = {name: {"theirs": [], "ours": []} for name in allocators}
         for i in range(args.rounds):
-            time.sleep(args.pause)
-            s, loss_r = reference.steps(k)
-            theirs_t.append(s / k)
-            time.sleep(args.pause)
-            s, loss_o = ours.steps(k)
-            ours_t.append(s / k)
-            losses.append([loss_r, loss_o])
-            print(f"round {i + 1}/{args.rounds}: theirs {theirs_t[-1]:.4f} s/step, ours {ours_t[-1]:.4f} s/step "
-                  f"(ratio {theirs_t[-1] / ours_t[-1]:.3f}); losses {loss_r:.4f} / {loss_o:.4f}", flush=True)
+            for name, pair in workers.items():
+                for side, w in zip(("theirs", "ours"), pair):
+                    time.sleep(args.pause)
+                    runs[name][side].append(w.steps(k))
+                th, ou = runs[name]["theirs"][-1], runs[name]["ours"][-1]
+                print(f"round {i + 1}/{args.rounds} {name}: theirs {th['seconds'] / k:.4f} s/step, ours "
+                      f"{ou['seconds'] / k:.4f} s/step (ratio {th['seconds'] / ou['seconds']:.3f}); page faults/step "
+                      f"{th['minor_faults'] / k:,.0f} / {ou['minor_faults'] / k:,.0f}; losses {th['loss']:.4f} / "
+                      f"{ou['loss']:.4f}", flush=True)
     finally:
-        reference.close()
+        for pair in workers.values():
+            for w in pair:
+                w.close()
 
     import numpy as np
 
-    t_theirs, t_ours = float(np.median(theirs_t)), float(np.median(ours_t))
-    ratio = t_theirs / t_ours
-    load_after = os.getloadavg()[0]
-    print(f"median s/step over {args.rounds} rounds of {k}: theirs (PyTorch) {t_theirs:.4f} "
-          f"({args.batch / t_theirs:.1f} img/s), ours (JAX) {t_ours:.4f} ({args.batch / t_ours:.1f} img/s); "
-          f"ours/theirs throughput = {ratio:.3f}x; load average {load_after:.1f}", flush=True)
+    per = {}
+    for name, run in runs.items():
+        th = [x["seconds"] / k for x in run["theirs"]]
+        ou = [x["seconds"] / k for x in run["ours"]]
+        per[name] = dict(
+            theirs_s_per_step=float(np.median(th)), ours_s_per_step=float(np.median(ou)),
+            ratio_ours_over_theirs=float(np.median(th) / np.median(ou)),
+            theirs_faults_per_step=sum(x["minor_faults"] for x in run["theirs"]) / (k * args.rounds),
+            ours_faults_per_step=sum(x["minor_faults"] for x in run["ours"]) / (k * args.rounds),
+            theirs_s_per_step_rounds=th, ours_s_per_step_rounds=ou,
+            losses_theirs_ours=[[a["loss"], b["loss"]] for a, b in zip(run["theirs"], run["ours"])],
+        )
+        print(f"{name}: median s/step over {args.rounds} rounds of {k}: theirs (PyTorch) "
+              f"{per[name]['theirs_s_per_step']:.4f}, ours (JAX) {per[name]['ours_s_per_step']:.4f}; ours/theirs "
+              f"throughput = {per[name]['ratio_ours_over_theirs']:.3f}x", flush=True)
+    theirs_best = min(per, key=lambda n: per[n]["theirs_s_per_step"])
+    ours_best = min(per, key=lambda n: per[n]["ours_s_per_step"])
+    best = dict(theirs=theirs_best, ours=ours_best, theirs_s_per_step=per[theirs_best]["theirs_s_per_step"],
+                ours_s_per_step=per[ours_best]["ours_s_per_step"],
+                ratio=per[theirs_best]["theirs_s_per_step"] / per[ours_best]["ours_s_per_step"])
+    print(f"each at its fastest set-up: theirs {theirs_best}, ours {ours_best}: {best['ratio']:.3f}x", flush=True)
+    out_of_the_box = (per["glibc"]["theirs_s_per_step"] / per["jemalloc"]["ours_s_per_step"]
+                      if "glibc" in per and "jemalloc" in per else None)
     if args.tiny:
         print("(--tiny: smoke test, nothing recorded)")
         return
+    if out_of_the_box is None:
+        fail("the recorded run needs both the glibc and jemalloc set-ups (the out-of-the-box comparison)")
     commit = reference_commit(args.reference_dir) or args.reference_commit
     result = dict(
         command="python " + shlex.join([os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)] + sys.argv[1:]),
         machine=dict(cpu=cpu_model(), cores=os.cpu_count(), platform=platform.platform(),
-                     load_before=load_before, load_after=load_after),
+                     libc=" ".join(platform.libc_ver()), thp=transparent_huge_pages(), page_fault_us=fault_us,
+                     load_before=load_before, load_after=os.getloadavg()[0]),
         reference_commit=commit,
         reference=r,
         ours=o,
-        timing=dict(
-            rounds=args.rounds, steps_per_round=k, warmup_steps=args.warmup, pause_s=args.pause,
-            theirs_s_per_step=t_theirs, ours_s_per_step=t_ours,
-            theirs_img_s=args.batch / t_theirs, ours_img_s=args.batch / t_ours,
-            ratio_ours_over_theirs=ratio, ratio_best=min(theirs_t) / min(ours_t),
-            theirs_s_per_step_rounds=theirs_t, ours_s_per_step_rounds=ours_t,
-            losses_theirs_ours=losses, ours_build_and_compile_s=compile_s,
-        ),
+        jemalloc=args.jemalloc if "jemalloc" in per else None,
+        timing=dict(rounds=args.rounds, steps_per_round=k, warmup_steps=args.warmup, pause_s=args.pause),
+        allocators=per,
+        best=best,
+        out_of_the_box_ratio=out_of_the_box,
     )
     write_results(result)
     print(f"wrote {os.path.relpath(RESULTS, REPO_ROOT)}.json and .md")

@@ -28,7 +28,8 @@ put into `sys.modules` first; its functions raise if ever called.
 
 Worker protocol (`--serve`): one JSON line on stdout once built (`{"ready": ...}` or
 `{"error": "..."}`), then for each line `{"cmd": "steps", "n": k}` on stdin it runs k
-train steps and answers `{"seconds": ..., "loss": ...}`; `{"cmd": "quit"}` ends it.
+train steps and answers `{"seconds": ..., "loss": ..., "minor_faults": ...}` (the page faults
+the process took meanwhile); `{"cmd": "quit"}` ends it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 import types
@@ -175,8 +177,10 @@ def serve(args):
         msg = json.loads(line)
         if msg["cmd"] == "quit":
             break
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         seconds, loss = time_steps(step, int(msg["n"]))
-        print(json.dumps({"seconds": seconds, "loss": loss}), file=out, flush=True)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(json.dumps({"seconds": seconds, "loss": loss, "minor_faults": faults}), file=out, flush=True)
     return 0
 
 

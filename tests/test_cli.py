@@ -622,3 +622,46 @@ def test_evaluate_cache_is_keyed_by_its_settings(digits_workdir, monkeypatch, ca
     # The first settings again: their chunk, nothing sampled, the same report.
     path4, again, x4 = evaluate("--steps", "1")
     assert len(calls) == 3 and path4 == path1 and again == first and np.array_equal(x4, x1)
+
+
+# ----------------------------------------------------------------------------- jemalloc for the command line
+
+
+def test_jemalloc_env_decisions(tmp_path):
+    """The re-run's environment: jemalloc preloaded from the first existing candidate, told to
+    keep freed memory unless MALLOC_CONF says otherwise; nothing without a library or where
+    LD_PRELOAD is set (the re-run itself, or a user's choice)."""
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    missing = str(tmp_path / "missing.so")
+    base = {"PATH": "/bin"}
+    env = cli.jemalloc_env(base, (missing, str(lib)))
+    assert env == {"PATH": "/bin", "LD_PRELOAD": str(lib), "MALLOC_CONF": cli.JEMALLOC_CONF}
+    assert base == {"PATH": "/bin"}
+    assert cli.jemalloc_env({"MALLOC_CONF": "narenas:2"}, (str(lib),))["MALLOC_CONF"] == "narenas:2"
+    assert cli.jemalloc_env({"LD_PRELOAD": ""}, (str(lib),)) is None
+    assert cli.jemalloc_env({"LD_PRELOAD": "/x/libtcmalloc.so"}, (str(lib),)) is None
+    assert cli.jemalloc_env(base, (missing,)) is None
+    assert cli.jemalloc_env(base, (str(tmp_path),)) is None  # a folder is not a library
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and execve: Linux")
+def test_rerun_with_jemalloc_reexecutes_the_same_process():
+    """The same pid and arguments, now with the library preloaded; the re-run does not re-run.
+    A harmless stand-in for jemalloc: the C math library, which Python has loaded anyway."""
+    import ctypes.util
+
+    libm = next((p for p in (f"/lib/x86_64-linux-gnu/{ctypes.util.find_library('m')}",
+                             f"/usr/lib/x86_64-linux-gnu/{ctypes.util.find_library('m')}") if os.path.isfile(p)), None)
+    if libm is None:
+        pytest.skip("no libm at the usual paths")
+    environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    code = ("import os, sys; print('start', flush=True); from scoresde import cli; "
+            f"cli.rerun_with_jemalloc(({libm!r},)); "
+            "print(os.getpid(), os.environ['LD_PRELOAD'], os.environ['MALLOC_CONF'], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", code, "a b", "c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=environ)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["start", "start", f"{proc.pid} {libm} {cli.JEMALLOC_CONF} ['a b', 'c']"]
+    assert "ld.so" not in err, err
