@@ -37,9 +37,9 @@ sides get the same environment):
             huge pages are at hand depends on the machine's state
 
 Why it matters: XLA:CPU allocates a train step's temporaries afresh on every call (one block
-of about 0.5 GiB here) and glibc maps blocks that large from the kernel and unmaps them on
-free, so every step page-faults all of it in again (about 137,000 4 KiB faults per step,
-about 2.3 us each on this machine). torch allocates tensor by tensor, mostly below glibc's
+of 534 MiB here) and glibc maps blocks that large from the kernel and unmaps them on free,
+so every step page-faults all of it in again (about 137,000 4 KiB faults per step; the
+script also times a first touch of fresh memory: 2.6 us per page in the recorded run). torch allocates tensor by tensor, mostly below glibc's
 mapping threshold. Each worker reports its page faults per step. The default set-ups are
 glibc and, where the library is found, jemalloc.
 
@@ -122,7 +122,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-# ----------------------------------------------------------------------------- theirs
+# ----------------------------------------------------------------------------- the workers
 
 
 class Worker:
@@ -151,7 +151,7 @@ class Worker:
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
-            fail(f"the reference worker exited (code {code}) without answering; its error is above")
+            fail(f"a worker exited (code {code}) without answering; its error is above")
         return json.loads(line)
 
     def steps(self, n: int) -> dict:
