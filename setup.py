@@ -28,5 +28,5 @@ setup(
         "tensorboardX>=2.6,<3",
     ],
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
-    entry_points={"console_scripts": ["scoresde=scoresde.cli:main"]},
+    entry_points={"console_scripts": ["scoresde=scoresde.cli:run"]},
 )

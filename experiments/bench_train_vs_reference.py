@@ -37,7 +37,7 @@ sides get the same environment):
             huge pages are at hand depends on the machine's state
 
 Why it matters: XLA:CPU allocates a train step's temporaries afresh on every call (one block
-of 534 MiB here) and glibc maps blocks that large from the kernel and unmaps them on free,
+of about 535 MiB here) and glibc maps blocks that large from the kernel and unmaps them on free,
 so every step page-faults all of it in again (about 137,000 4 KiB faults per step; the
 script also times a first touch of fresh memory: 2.6 us per page in the recorded run). torch allocates tensor by tensor, mostly below glibc's
 mapping threshold. Each worker reports its page faults per step. The default set-ups are
@@ -161,9 +161,12 @@ class Worker:
 
     def close(self):
         if self.proc.poll() is None:
-            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
 
 
 # ----------------------------------------------------------------------------- ours
@@ -359,6 +362,9 @@ def main():
     if args.warmup < 0 or not args.pause >= 0:
         fail(f"--warmup and --pause must be >= 0, got {args.warmup} and {args.pause}")
     allocators = list(dict.fromkeys(args.allocators))
+    if not args.tiny and not {"glibc", "jemalloc"} <= set(allocators):
+        fail("a recorded run needs both the glibc and jemalloc set-ups (the out-of-the-box comparison); "
+             "--tiny runs any")
 
     # The set-up, checked before anything heavy: one line each.
     if not os.path.isdir(args.reference_dir):
@@ -381,14 +387,15 @@ def main():
         print(f"warning: the machine is busy (load average {load_before:.1f} on {os.cpu_count()} cores); torch's "
               "OpenMP threads slow down far more than XLA's under oversubscription (seen here: 6x at --threads 2 "
               "with a load of 5), so the ratio is meaningful only on a quiet machine", flush=True)
-    workers = {}
+    workers, started = {}, []  # every worker process, closed at the end whatever happens
     try:
         t0 = time.perf_counter()
         for name in allocators:
             env = allocator_env(name, args.jemalloc)
-            workers[name] = (Worker.reference(args.torch_python, args.reference_dir, args.nf, args.batch,
-                                              args.threads, args.seed, env),
-                             Worker.ours(args.nf, args.batch, args.seed, env))
+            started.append(Worker.reference(args.torch_python, args.reference_dir, args.nf, args.batch,
+                                            args.threads, args.seed, env))
+            started.append(Worker.ours(args.nf, args.batch, args.seed, env))
+            workers[name] = tuple(started[-2:])
             print(f"{name}: both sides built (ours compiled) after {time.perf_counter() - t0:.0f} s", flush=True)
         r, o = workers[allocators[0]][0].info, workers[allocators[0]][1].info
         print(f"reference: torch {r['torch']}, {r['torch_threads']} threads, {r['params']:,} params; "
@@ -413,9 +420,8 @@ def main():
                       f"{th['minor_faults'] / k:,.0f} / {ou['minor_faults'] / k:,.0f}; losses {th['loss']:.4f} / "
                       f"{ou['loss']:.4f}", flush=True)
     finally:
-        for pair in workers.values():
-            for w in pair:
-                w.close()
+        for w in started:
+            w.close()
 
     import numpy as np
 
@@ -445,8 +451,6 @@ def main():
     if args.tiny:
         print("(--tiny: smoke test, nothing recorded)")
         return
-    if out_of_the_box is None:
-        fail("the recorded run needs both the glibc and jemalloc set-ups (the out-of-the-box comparison)")
     commit = reference_commit(args.reference_dir) or args.reference_commit
     result = dict(
         command="python " + shlex.join([os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)] + sys.argv[1:]),

@@ -1,3 +1,3 @@
-from scoresde.cli import main
+from scoresde.cli import run
 
-main()
+run()

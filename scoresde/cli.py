@@ -448,8 +448,8 @@ COMMANDS = {
 
 
 # glibc's malloc maps blocks of 32 MiB and more from the kernel and unmaps them when freed.
-# XLA:CPU allocates each call's temporaries afresh (534 MiB for a DDPM++ train step at nf 32,
-# batch 16), so under glibc every step faults all of it in again, 4 KiB at a time: about
+# XLA:CPU allocates each call's temporaries afresh (one block of about 535 MiB for a DDPM++
+# train step at nf 32, batch 16), so under glibc every step faults all of it in again, 4 KiB at a time: about
 # 137,000 page faults per step. jemalloc, told to keep what is freed, reuses it: the step
 # takes 0.67 s instead of 0.96 (experiments/results/bench_train_vs_reference.md).
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
@@ -457,32 +457,43 @@ JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch6
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # never hand freed pages back to the kernel
 
 
-def jemalloc_env(environ, candidates=JEMALLOC_PATHS) -> dict | None:
+def jemalloc_env(environ, candidates=None) -> dict | None:
     """The environment to run this command in with jemalloc (`LD_PRELOAD`, and `MALLOC_CONF`
-    unless set) from the first existing path of `candidates`; None where there is none or
-    `LD_PRELOAD` is set already (by this re-run, or by the user: `LD_PRELOAD=` keeps glibc)."""
+    unless set) from the first existing path of `candidates` (default `JEMALLOC_PATHS`); None
+    where there is none or `LD_PRELOAD` is set already (by this re-run, or by the user:
+    `LD_PRELOAD=` keeps glibc)."""
+    candidates = JEMALLOC_PATHS if candidates is None else candidates
     library = next((path for path in candidates if os.path.isfile(path)), None)
     if library is None or "LD_PRELOAD" in environ:
         return None
     return {"MALLOC_CONF": JEMALLOC_CONF, **environ, "LD_PRELOAD": library}
 
 
-def rerun_with_jemalloc(candidates=JEMALLOC_PATHS):
+def rerun_with_jemalloc(candidates=None):
     """Re-execute this process's command line (the same pid, arguments and streams) under
-    `jemalloc_env`, if that changes anything (Linux only); returns otherwise. An allocator
-    is chosen when a process starts, so it cannot be swapped from within."""
-    env = jemalloc_env(os.environ, candidates) if sys.platform.startswith("linux") and sys.executable else None
+    `jemalloc_env`, if that changes anything (Linux only; not for a program read from stdin,
+    which is used up); returns otherwise, also if the re-execution fails. An allocator is
+    chosen when a process starts, so it cannot be swapped from within: only the command
+    line's entry points (`run`, `python -m scoresde`) call this, never `main` itself."""
+    if not sys.platform.startswith("linux") or not sys.executable or sys.orig_argv[1:2] == ["-"]:
+        return
+    env = jemalloc_env(os.environ, candidates)
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        try:
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError:
+            return  # carry on under this process's allocator
 
 
 # The machine's state, not a bug: a full disk, a read-only or forbidden path.
 _ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def main(argv=None):
+def main(argv=None, rerun_under_jemalloc: bool = False):
+    """Run one command (`argv`, default sys.argv[1:]); `rerun_under_jemalloc` (the entry
+    points' choice) first re-runs the process under jemalloc, see `rerun_with_jemalloc`."""
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only notices
@@ -490,7 +501,7 @@ def main(argv=None):
     args = _parser().parse_args(rest)
     if overrides and args.command not in ("train", "fid-stats"):
         raise SystemExit(f"scoresde: error: config overrides apply to train and fid-stats only, got {overrides[0]!r}")
-    if argv is None and args.command != "configs":  # the program itself, about to compute
+    if rerun_under_jemalloc and args.command != "configs":  # about to compute
         rerun_with_jemalloc()
     from scoresde.experiment import UserError
     try:
@@ -509,5 +520,10 @@ def main(argv=None):
         raise SystemExit("scoresde: interrupted") from None
 
 
+def run():
+    """The `scoresde` program: `main` on sys.argv, under jemalloc where installed."""
+    main(rerun_under_jemalloc=True)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -645,23 +645,50 @@ def test_jemalloc_env_decisions(tmp_path):
     assert cli.jemalloc_env(base, (str(tmp_path),)) is None  # a folder is not a library
 
 
+def test_only_the_entry_points_rerun(tmp_path, monkeypatch):
+    """`main(argv)` from Python never re-executes (it would rerun the caller's program); the
+    entry points do, for every command but `configs`; a failed execve carries on."""
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(cli, "JEMALLOC_PATHS", (str(lib),))
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    calls = []
+
+    def execve(path, args, env):
+        calls.append(env["LD_PRELOAD"])
+        raise OSError("refused")
+
+    monkeypatch.setattr(cli.os, "execve", execve)
+    missing = ["sample", "--workdir", str(tmp_path / "missing")]
+    for kwargs in ({}, {"rerun_under_jemalloc": False}):
+        with pytest.raises(SystemExit):
+            cli.main(missing, **kwargs)
+    cli.main(["configs"], rerun_under_jemalloc=True)
+    assert calls == []
+    with pytest.raises(SystemExit, match="scoresde: error"):  # the command still runs after the refusal
+        cli.main(missing, rerun_under_jemalloc=True)
+    assert calls == [str(lib)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and execve: Linux")
 def test_rerun_with_jemalloc_reexecutes_the_same_process():
     """The same pid and arguments, now with the library preloaded; the re-run does not re-run.
-    A harmless stand-in for jemalloc: the C math library, which Python has loaded anyway."""
-    import ctypes.util
-
-    libm = next((p for p in (f"/lib/x86_64-linux-gnu/{ctypes.util.find_library('m')}",
-                             f"/usr/lib/x86_64-linux-gnu/{ctypes.util.find_library('m')}") if os.path.isfile(p)), None)
-    if libm is None:
-        pytest.skip("no libm at the usual paths")
+    A harmless stand-in for jemalloc: the C library this Python has mapped already."""
+    with open("/proc/self/maps") as f:
+        libc = next((line.split()[-1] for line in f if "/libc.so" in line or "/libc-" in line), None)
+    if libc is None:
+        pytest.skip("no glibc mapped (another C library)")
     environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     code = ("import os, sys; print('start', flush=True); from scoresde import cli; "
-            f"cli.rerun_with_jemalloc(({libm!r},)); "
+            f"cli.rerun_with_jemalloc(({libc!r},)); "
             "print(os.getpid(), os.environ['LD_PRELOAD'], os.environ['MALLOC_CONF'], sys.argv[1:])")
     proc = subprocess.Popen([sys.executable, "-c", code, "a b", "c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=environ)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 0, err
-    assert out.splitlines() == ["start", "start", f"{proc.pid} {libm} {cli.JEMALLOC_CONF} ['a b', 'c']"]
+    assert out.splitlines() == ["start", "start", f"{proc.pid} {libc} {cli.JEMALLOC_CONF} ['a b', 'c']"]
     assert "ld.so" not in err, err
