@@ -20,11 +20,14 @@ train step: loss (t ~ U, noise, perturbation, score network), backward, gradient
   `losses.get_step_fn` with `optimization_manager`, `get_optimizer` and
   `ExponentialMovingAverage`, built as its `run_lib.train` does; torch intra-op threads
   = the machine's cores (`--threads`), as XLA's CPU thread pool.
-- ours: `scoresde.train.compile_step(train.make_train_step(loss_fn, optimizer, ema_rate), 1)`
-  (as `experiments/bench_train.py`), from `scoresde.configs.get_config` of the same config.
+- ours: `scoresde.train.compile_step(train.make_train_step(loss_fn, optimizer, ema_rate), n)`
+  (as `experiments/bench_train.py`), from `scoresde.configs.get_config` of the same config,
+  for each n of `--n-jitted-steps` (default 1 and 5): n steps per compiled call (`lax.scan`),
+  each on its own batch. 5 is the CIFAR-10 configs' default, so it is what `scoresde train`
+  runs for this config; it also allocates XLA's temporaries once per 5 steps (see below).
 
 Each side runs in its own worker process (torch in the benchmark venv, ours in this
-script's Python, `--serve-ours`), once per memory allocator set-up (`--allocators`; both
+script's Python, `--serve-ours`, one per n), once per memory allocator set-up (`--allocators`; both
 sides get the same environment):
 
   glibc     the C library's malloc as it comes (what both sides get by default)
@@ -39,16 +42,17 @@ sides get the same environment):
 Why it matters: XLA:CPU allocates a train step's temporaries afresh on every call (one block
 of about 535 MiB here) and glibc maps blocks that large from the kernel and unmaps them on free,
 so every step page-faults all of it in again (about 137,000 4 KiB faults per step; the
-script also times a first touch of fresh memory: 2.6 us per page in the recorded run). torch allocates tensor by tensor, mostly below glibc's
+script also times a first touch of fresh memory: 3.1 us per page in the recorded run). torch allocates tensor by tensor, mostly below glibc's
 mapping threshold. Each worker reports its page faults per step. The default set-ups are
 glibc and, where the library is found, jemalloc.
 
 All workers are built and warmed up first (our step compiled, untimed steps on each side),
 then timed in interleaved rounds: for each set-up in turn theirs then ours, k back-to-back
 steps each, a short pause before each; the workers not being timed are blocked on a pipe.
-Reported per set-up: seconds per step for each side (median over rounds; every round in
-the JSON), page faults per step and the ratio ours/theirs of throughput (= their seconds
-per step / ours). Without `--tiny` the results are written to
+Reported per set-up and n: seconds per step for each side (median over rounds; every round
+in the JSON), page faults per step and the ratio ours/theirs of throughput (= their seconds
+per step / ours), with its range over rounds; and the ratio as each side runs this config
+out of the box (the reference under glibc, ours with the config's n under each set-up). Without `--tiny` the results are written to
 `experiments/results/bench_train_vs_reference.{json,md}`.
 
 Set-up (from the repository root; neither folder is committed, both are in .gitignore):
@@ -143,9 +147,9 @@ class Worker:
                     "--threads", str(threads), "--seed", str(seed), "--reference-dir", reference_dir], env)
 
     @classmethod
-    def ours(cls, nf, batch, seed, env):
+    def ours(cls, nf, batch, seed, n_jitted_steps, env):
         return cls([sys.executable, os.path.abspath(__file__), "--serve-ours", "--nf", str(nf), "--batch", str(batch),
-                    "--seed", str(seed)], env)
+                    "--seed", str(seed), "--n-jitted-steps", str(n_jitted_steps)], env)
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -155,9 +159,9 @@ class Worker:
         return json.loads(line)
 
     def steps(self, n: int) -> dict:
-        """{"seconds", "loss", "minor_faults"} of n back-to-back steps."""
+        """{"seconds", "loss", "minor_faults", "steps"} of (about) n back-to-back steps."""
         self.proc.stdin.write(json.dumps({"cmd": "steps", "n": n}) + "\n")
-        return self._read()
+        return {"steps": n, **self._read()}
 
     def close(self):
         if self.proc.poll() is None:
@@ -173,9 +177,11 @@ class Worker:
 
 
 class Ours:
-    """Our compiled train step (as experiments/bench_train.py) from the same config."""
+    """Our compiled train step (as experiments/bench_train.py) from the same config; with
+    `n_jitted_steps` > 1, that many steps per call (`lax.scan`, as `scoresde train` runs
+    the CIFAR-10 configs: their default is 5), each on its own batch."""
 
-    def __init__(self, nf: int, batch: int, seed: int):
+    def __init__(self, nf: int, batch: int, seed: int, n_jitted_steps: int = 1):
         import jax
         import numpy as np
 
@@ -193,10 +199,13 @@ class Ours:
         loss_fn = train.objective_loss_fn(sde, model, kw["objective"], True, **kw["loss_kwargs"])
         state = train.init_train_state(model, sde, jax.random.PRNGKey(kw["seed"]), shape, kw["optimizer"],
                                        kw["loss_kwargs"]["continuous"])
-        self.step = train.compile_step(train.make_train_step(loss_fn, kw["optimizer"], kw["ema_rate"]), 1)
-        # The same batch as the reference worker (reference_torch.build): NHWC here.
-        images = np.random.default_rng(seed).uniform(-1, 1, (batch,) + tuple(shape)).astype(np.float32)
-        self.x = train.put_batch(images)
+        self.step = train.compile_step(train.make_train_step(loss_fn, kw["optimizer"], kw["ema_rate"]), n_jitted_steps)
+        # The same batch as the reference worker (reference_torch.build): NHWC here; with
+        # several steps per call, it and n - 1 more.
+        rng = np.random.default_rng(seed)
+        images = rng.uniform(-1, 1, (n_jitted_steps, batch) + tuple(shape)).astype(np.float32)
+        self.x = train.put_batch(images, stacked=True) if n_jitted_steps > 1 else train.put_batch(images[0])
+        self.n_jitted_steps = n_jitted_steps
         self.state = state
         self.timed = timed
         self.info = dict(
@@ -208,6 +217,7 @@ class Ours:
             nf=nf,
             shape=list(shape),
             config=CONFIG,
+            n_jitted_steps=n_jitted_steps,
             reduce_mean=bool(config.training.reduce_mean),
             ema_rate=float(kw["ema_rate"]),
             python=sys.executable,
@@ -216,7 +226,7 @@ class Ours:
 
     def _one(self):
         self.state, metrics = self.step(self.state, self.x)
-        self.loss = metrics["loss"]
+        self.loss = metrics["loss"] if self.n_jitted_steps == 1 else metrics["loss"][-1]
         return self.loss
 
     def steps(self, n: int) -> tuple[float, float]:
@@ -224,18 +234,22 @@ class Ours:
 
 
 def serve_ours(args):
-    """Worker mode (`--serve-ours`): the protocol of `reference_torch.serve`, with our step."""
-    ours = Ours(args.nf, args.batch, args.seed)
+    """Worker mode (`--serve-ours`): the protocol of `reference_torch.serve`, with our step.
+    Asked for k steps with n per call, it makes max(1, round(k / n)) calls and says how many
+    steps that was (`"steps"`)."""
+    n = args.n_jitted_steps
+    ours = Ours(args.nf, args.batch, args.seed, n)
     ours.steps(1)  # compiles
     print(json.dumps({"ready": ours.info}), flush=True)
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["cmd"] == "quit":
             break
+        calls = max(1, round(int(msg["n"]) / n))
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        seconds, loss = ours.steps(int(msg["n"]))
+        seconds, loss = ours.steps(calls)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-        print(json.dumps({"seconds": seconds, "loss": loss, "minor_faults": faults}), flush=True)
+        print(json.dumps({"seconds": seconds, "loss": loss, "minor_faults": faults, "steps": calls * n}), flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -246,14 +260,17 @@ def write_results(result: dict):
     with open(RESULTS + ".json", "w") as f:
         json.dump(result, f, indent=1)
     m, r, o, t = result["machine"], result["reference"], result["ours"], result["timing"]
-    per = result["allocators"]
+    per, n_config = result["allocators"], result["config_n_jitted_steps"]
     summary = "\n".join(
-        f"| {name} | {a['theirs_s_per_step']:.4f} | {a['ours_s_per_step']:.4f} | {a['theirs_faults_per_step']:,.0f} | "
-        f"{a['ours_faults_per_step']:,.0f} | **{a['ratio_ours_over_theirs']:.3f}x** |" for name, a in per.items())
+        f"| {name} | {n} | {a['theirs']['s_per_step']:.4f} | {v['s_per_step']:.4f} | "
+        f"{a['theirs']['faults_per_step']:,.0f} | {v['faults_per_step']:,.0f} | **{v['ratio_ours_over_theirs']:.3f}x** | "
+        f"{min(v['ratio_rounds']):.2f}-{max(v['ratio_rounds']):.2f} |"
+        for name, a in per.items() for n, v in a["ours"].items())
     rounds = "\n".join(
-        f"| {name} | {i + 1} | {a:.4f} | {b:.4f} | {a / b:.3f} |" for name, v in per.items()
-        for i, (a, b) in enumerate(zip(v["theirs_s_per_step_rounds"], v["ours_s_per_step_rounds"])))
-    best = result["best"]
+        f"| {name} | {i + 1} | {th:.4f} | " + " | ".join(f"{v['s_per_step_rounds'][i]:.4f}" for v in a["ours"].values())
+        + " |" for name, a in per.items() for i, th in enumerate(a["theirs"]["s_per_step_rounds"]))
+    ns = list(next(iter(per.values()))["ours"])
+    boxed = ", ".join(f"ours under {a}: **{v:.3f}x**" for a, v in result["out_of_the_box_ratio"].items())
     text = f"""# Train step: the PyTorch reference against ours, side by side on the CPU
 
 Command (from the repository root; set-up in the script's docstring):
@@ -269,26 +286,26 @@ Network: the reference's `{CONFIG}` config (DDPM++ continuous, VP SDE) with nf={
 {r["params"]:,} parameters in both ({r["params"]} torch, {o["params"]} ours). Batch {o["batch"]},
 {"x".join(map(str, o["shape"]))} images. Full train step: loss, backward, gradient clipping, Adam, EMA.
 Reference: yang-song/score_sde_pytorch {result["reference_commit"] or "(commit unknown)"}, its `losses.get_step_fn`.
-Ours: `train.compile_step(train.make_train_step(...), 1)`.
+Ours: `train.compile_step(train.make_train_step(...), n_jitted_steps)`: n steps per call (`lax.scan`),
+each on its own batch; the config's default is {n_config}.
 
 Memory allocator set-ups (the same environment for both sides; see the script's docstring):
 glibc (as it comes), jemalloc (`LD_PRELOAD` of {result["jemalloc"] or "(not run)"}, `MALLOC_CONF={JEMALLOC_CONF}`:
 what the `scoresde` command line runs under where the library is installed), thp
 (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`){"" if "thp" in per else " (not run)"}.
-{t["rounds"]} interleaved rounds (each set-up in turn: theirs, ours) of {t["steps_per_round"]} steps, after
+{t["rounds"]} interleaved rounds (each set-up in turn: theirs, then ours for each n) of about
+{t["steps_per_round"]} steps ({t["steps_per_round"]} calls of 1 step, or round({t["steps_per_round"]} / n) calls of n), after
 {t["warmup_steps"]} warm-up steps each. Medians over rounds; page faults per step over all rounds.
 
-| allocator | theirs s/step | ours s/step | theirs page faults/step | ours page faults/step | ours/theirs throughput |
-|---|---|---|---|---|---|
+| allocator | our n_jitted_steps | theirs s/step | ours s/step | theirs page faults/step | ours page faults/step | ours/theirs throughput | per-round ratios |
+|---|---|---|---|---|---|---|---|
 {summary}
 
-Each side at its fastest set-up here: theirs {best["theirs"]} ({best["theirs_s_per_step"]:.4f} s/step), ours
-{best["ours"]} ({best["ours_s_per_step"]:.4f} s/step): **{best["ratio"]:.3f}x**. As each runs out of the box
-(the reference under plain glibc, `scoresde train` under jemalloc where installed):
-**{result["out_of_the_box_ratio"]:.3f}x**.
+As each runs this config out of the box (the reference under plain glibc; `scoresde train`
+with n_jitted_steps={n_config}, under jemalloc where installed): {boxed}.
 
-| allocator | round | theirs s/step | ours s/step | ratio |
-|---|---|---|---|---|
+| allocator | round | theirs s/step | {" | ".join(f"ours n={n} s/step" for n in ns)} |
+|---|---|---|{"---|" * len(ns)}
 {rounds}
 """
     with open(RESULTS + ".md", "w") as f:
@@ -344,6 +361,9 @@ def main():
                    help="memory allocator set-ups, each for both sides (default: glibc, and jemalloc if installed)")
     p.add_argument("--jemalloc", default=system_jemalloc,
                    help="libjemalloc.so for the jemalloc set-up (default: the system's, if installed)")
+    p.add_argument("--n-jitted-steps", nargs="+", type=int, default=[1, 5],
+                   help="our steps per compiled call, each a worker (default: %(default)s; 5 is the CIFAR-10 "
+                        "configs' default, what `scoresde train` runs for this config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="python of the venv with torch")
     p.add_argument("--reference-dir", default=DEFAULT_REFERENCE_DIR)
@@ -353,12 +373,16 @@ def main():
     p.add_argument("--serve-ours", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_ours:
+        args.n_jitted_steps = args.n_jitted_steps[0]
         return serve_ours(args)
     if args.tiny:
         args.nf, args.batch, args.rounds, args.steps_per_round, args.warmup = 16, 4, 1, 2, 1
     for name in ("nf", "batch", "rounds", "steps_per_round", "threads"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if min(args.n_jitted_steps) < 1:
+        fail(f"--n-jitted-steps must be at least 1, got {min(args.n_jitted_steps)}")
+    jitted = sorted(set(args.n_jitted_steps))
     if args.warmup < 0 or not args.pause >= 0:
         fail(f"--warmup and --pause must be >= 0, got {args.warmup} and {args.pause}")
     allocators = list(dict.fromkeys(args.allocators))
@@ -394,60 +418,61 @@ def main():
             env = allocator_env(name, args.jemalloc)
             started.append(Worker.reference(args.torch_python, args.reference_dir, args.nf, args.batch,
                                             args.threads, args.seed, env))
-            started.append(Worker.ours(args.nf, args.batch, args.seed, env))
-            workers[name] = tuple(started[-2:])
+            pair = {"theirs": started[-1]}
+            for n in jitted:
+                started.append(Worker.ours(args.nf, args.batch, args.seed, n, env))
+                pair[n] = started[-1]
+            workers[name] = pair
             print(f"{name}: both sides built (ours compiled) after {time.perf_counter() - t0:.0f} s", flush=True)
-        r, o = workers[allocators[0]][0].info, workers[allocators[0]][1].info
+        r, o = workers[allocators[0]]["theirs"].info, workers[allocators[0]][jitted[0]].info
         print(f"reference: torch {r['torch']}, {r['torch_threads']} threads, {r['params']:,} params; "
               f"ours: jax {o['jax']} ({o['backend']}), {o['params']:,} params", flush=True)
         if r["params"] != o["params"]:
             fail(f"parameter counts differ: reference {r['params']:,}, ours {o['params']:,}")
         if args.warmup:
-            for pair in workers.values():
-                for w in pair:
-                    w.steps(args.warmup)
+            for w in started:
+                w.steps(args.warmup)
 
         k = args.steps_per_round
-        runs = {name: {"theirs": [], "ours": []} for name in allocators}
+        runs = {name: {side: [] for side in pair} for name, pair in workers.items()}
         for i in range(args.rounds):
             for name, pair in workers.items():
-                for side, w in zip(("theirs", "ours"), pair):
+                for side, w in pair.items():
                     time.sleep(args.pause)
                     runs[name][side].append(w.steps(k))
-                th, ou = runs[name]["theirs"][-1], runs[name]["ours"][-1]
-                print(f"round {i + 1}/{args.rounds} {name}: theirs {th['seconds'] / k:.4f} s/step, ours "
-                      f"{ou['seconds'] / k:.4f} s/step (ratio {th['seconds'] / ou['seconds']:.3f}); page faults/step "
-                      f"{th['minor_faults'] / k:,.0f} / {ou['minor_faults'] / k:,.0f}; losses {th['loss']:.4f} / "
-                      f"{ou['loss']:.4f}", flush=True)
+                line = ", ".join(f"{'theirs' if side == 'theirs' else f'ours n={side}'} "
+                                 f"{x[-1]['seconds'] / x[-1]['steps']:.4f} s/step "
+                                 f"({x[-1]['minor_faults'] / x[-1]['steps']:,.0f} faults/step)"
+                                 for side, x in runs[name].items())
+                print(f"round {i + 1}/{args.rounds} {name}: {line}", flush=True)
     finally:
         for w in started:
             w.close()
 
     import numpy as np
 
+    def summary(run):
+        times = [x["seconds"] / x["steps"] for x in run]
+        return dict(s_per_step=float(np.median(times)), s_per_step_rounds=times,
+                    faults_per_step=sum(x["minor_faults"] for x in run) / sum(x["steps"] for x in run),
+                    losses=[x["loss"] for x in run])
+
     per = {}
     for name, run in runs.items():
-        th = [x["seconds"] / k for x in run["theirs"]]
-        ou = [x["seconds"] / k for x in run["ours"]]
-        per[name] = dict(
-            theirs_s_per_step=float(np.median(th)), ours_s_per_step=float(np.median(ou)),
-            ratio_ours_over_theirs=float(np.median(th) / np.median(ou)),
-            theirs_faults_per_step=sum(x["minor_faults"] for x in run["theirs"]) / (k * args.rounds),
-            ours_faults_per_step=sum(x["minor_faults"] for x in run["ours"]) / (k * args.rounds),
-            theirs_s_per_step_rounds=th, ours_s_per_step_rounds=ou,
-            losses_theirs_ours=[[a["loss"], b["loss"]] for a, b in zip(run["theirs"], run["ours"])],
-        )
-        print(f"{name}: median s/step over {args.rounds} rounds of {k}: theirs (PyTorch) "
-              f"{per[name]['theirs_s_per_step']:.4f}, ours (JAX) {per[name]['ours_s_per_step']:.4f}; ours/theirs "
-              f"throughput = {per[name]['ratio_ours_over_theirs']:.3f}x", flush=True)
-    theirs_best = min(per, key=lambda n: per[n]["theirs_s_per_step"])
-    ours_best = min(per, key=lambda n: per[n]["ours_s_per_step"])
-    best = dict(theirs=theirs_best, ours=ours_best, theirs_s_per_step=per[theirs_best]["theirs_s_per_step"],
-                ours_s_per_step=per[ours_best]["ours_s_per_step"],
-                ratio=per[theirs_best]["theirs_s_per_step"] / per[ours_best]["ours_s_per_step"])
-    print(f"each at its fastest set-up: theirs {theirs_best}, ours {ours_best}: {best['ratio']:.3f}x", flush=True)
-    out_of_the_box = (per["glibc"]["theirs_s_per_step"] / per["jemalloc"]["ours_s_per_step"]
-                      if "glibc" in per and "jemalloc" in per else None)
+        theirs = summary(run["theirs"])
+        ours = {str(n): summary(run[n]) for n in jitted}
+        for n, v in ours.items():
+            v["ratio_ours_over_theirs"] = theirs["s_per_step"] / v["s_per_step"]
+            v["ratio_rounds"] = [a / b for a, b in zip(theirs["s_per_step_rounds"], v["s_per_step_rounds"])]
+            print(f"{name}: median s/step over {args.rounds} rounds: theirs (PyTorch) {theirs['s_per_step']:.4f}, "
+                  f"ours (JAX, n_jitted_steps={n}) {v['s_per_step']:.4f}; ours/theirs throughput = "
+                  f"{v['ratio_ours_over_theirs']:.3f}x", flush=True)
+        per[name] = dict(theirs=theirs, ours=ours)
+    config_n = "5" if 5 in jitted else str(jitted[-1])
+    out_of_the_box = {a: per["glibc"]["theirs"]["s_per_step"] / per[a]["ours"][config_n]["s_per_step"]
+                      for a in ("glibc", "jemalloc") if "glibc" in per and a in per}
+    print(f"as each runs this config out of the box (the reference under glibc; scoresde train, n_jitted_steps="
+          f"{config_n}): " + ", ".join(f"ours under {a} {v:.3f}x" for a, v in out_of_the_box.items()), flush=True)
     if args.tiny:
         print("(--tiny: smoke test, nothing recorded)")
         return
@@ -463,7 +488,7 @@ def main():
         jemalloc=args.jemalloc if "jemalloc" in per else None,
         timing=dict(rounds=args.rounds, steps_per_round=k, warmup_steps=args.warmup, pause_s=args.pause),
         allocators=per,
-        best=best,
+        config_n_jitted_steps=int(config_n),
         out_of_the_box_ratio=out_of_the_box,
     )
     write_results(result)

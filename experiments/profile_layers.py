@@ -17,7 +17,7 @@ minutes in all on 2 cores); `--net-variants all` (or some names) compiles them u
 other variants too, about 2 minutes more each. Run it on a quiet machine.
 
 `bench_train_vs_reference.py` finds our full DDPM++ train step slower than the reference's
-on the CPU under glibc's malloc (0.86x; 1.11x with both under jemalloc, `experiments/results/bench_train_vs_reference.md`; `import scoresde` sets an XLA:CPU flag first, see its `__init__`, which a
+on the CPU at one step per call (0.95x under glibc, 0.98x with both under jemalloc; 1.21x and 1.16x at the config's 5 steps per call, `experiments/results/bench_train_vs_reference.md`; `import scoresde` sets an XLA:CPU flag first, see its `__init__`, which a
 variant can undo: `--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`). This splits the network into its pieces and times each
 alone, forward + backward: the gradient of sum(output ** 2) with respect to the inputs and
 the parameters (ours: `jax.jit(jax.value_and_grad(...))`, blocked on after every call;
