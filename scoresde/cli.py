@@ -449,9 +449,9 @@ COMMANDS = {
 
 # glibc's malloc maps blocks of 32 MiB and more from the kernel and unmaps them when freed.
 # XLA:CPU allocates each call's temporaries afresh (one block of about 535 MiB for a DDPM++
-# train step at nf 32, batch 16), so under glibc every step faults all of it in again, 4 KiB at a time: about
-# 137,000 page faults per step. jemalloc, told to keep what is freed, reuses it
-# (experiments/results/bench_train_vs_reference.md).
+# train step at nf 32, batch 16), so under glibc every step faults all of it in again, 4 KiB
+# at a time: about 137,000 page faults per step. jemalloc, told to keep what is freed,
+# reuses it (experiments/results/bench_train_vs_reference.md).
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # never hand freed pages back to the kernel
