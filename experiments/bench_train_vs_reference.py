@@ -88,8 +88,6 @@ import subprocess
 import sys
 import time
 
-from scoresde.cli import JEMALLOC_CONF, JEMALLOC_PATHS
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 DEFAULT_REFERENCE_DIR = os.path.join(REPO_ROOT, ".reference", "score_sde_pytorch")
@@ -102,6 +100,7 @@ ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF")
 
 def allocator_env(name: str, jemalloc: str | None) -> dict:
     """The environment of a worker under allocator set-up `name` (see the docstring)."""
+    from scoresde.cli import JEMALLOC_CONF  # here: profile_layers' torch worker imports this file without scoresde
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}
     if name == "thp":
         env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
@@ -127,6 +126,18 @@ def cpu_model() -> str:
 
 
 # ----------------------------------------------------------------------------- the workers
+
+
+def stop_worker(proc: subprocess.Popen):
+    """Ask a worker of the JSON-lines protocol to quit; kill it if it cannot or does not within 60 s."""
+    if proc.poll() is None:
+        try:
+            proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
 
 
 class Worker:
@@ -164,13 +175,7 @@ class Worker:
         return {"steps": n, **self._read()}
 
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
+        stop_worker(self.proc)
 
 
 # ----------------------------------------------------------------------------- ours
@@ -256,6 +261,8 @@ def serve_ours(args):
 
 
 def write_results(result: dict):
+    from scoresde.cli import JEMALLOC_CONF
+
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS + ".json", "w") as f:
         json.dump(result, f, indent=1)
@@ -355,6 +362,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps on each side after building/compiling")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: all cores)")
     p.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each timed block")
+    from scoresde.cli import JEMALLOC_PATHS
+
     system_jemalloc = next((q for q in JEMALLOC_PATHS if os.path.isfile(q)), None)
     p.add_argument("--allocators", nargs="+", choices=["glibc", "jemalloc", "thp"],
                    default=["glibc", "jemalloc"] if system_jemalloc else ["glibc"],

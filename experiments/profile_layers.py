@@ -100,7 +100,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_train_vs_reference import DEFAULT_REFERENCE_DIR, DEFAULT_TORCH_PYTHON, REPO_ROOT, cpu_model  # noqa: E402
+from bench_train_vs_reference import (  # noqa: E402
+    DEFAULT_REFERENCE_DIR, DEFAULT_TORCH_PYTHON, REPO_ROOT, cpu_model, stop_worker)
 RESULTS = os.path.join(HERE, "results", "profile_layers")
 CONFIG = "vp/cifar10_ddpmpp_continuous"
 SETUP_HINT = "see the set-up in the docstring of experiments/bench_train_vs_reference.py"
@@ -702,14 +703,7 @@ class Worker:
         return msg["seconds"]
 
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        stop_worker(self.proc)
 
 
 def median(values):
